@@ -1,0 +1,154 @@
+"""Architecture specs: a declarative, YAML-able list of layers.
+
+A spec is a list whose entries are either a bare layer type (``"batchnorm"``, ``"relu"``) or a
+mapping ``{type: ..., **params}``::
+
+    layers:
+      - {type: lift, out: 16, kernel: 5}
+      - batchnorm
+      - relu
+      - {type: gconv, out: 32, kernel: 3}
+      - {type: pool, mode: max, kernel: 2}
+      - {type: group_pool, mode: max}
+      - {type: global_pool, mode: avg}
+      - {type: linear, out: classes}
+
+The same spec builds on any backend and any group; on the trivial group ``C1`` it is a plain
+CNN. :func:`parse_layers` validates a spec and returns :class:`LayerSpec` objects with every
+default filled in, so the resolved spec written next to a run says exactly what was built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gcnnkit.backend import ACTIVATIONS
+from gcnnkit.errors import SpecError
+
+REQUIRED = object()
+
+_CONV_PARAMS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "out": ((int,), REQUIRED),
+    "kernel": ((int,), 3),
+    "stride": ((int,), 1),
+    "padding": ((int, str), "same"),
+    "dilation": ((int,), 1),
+    "bias": ((bool,), True),
+}
+
+#: layer type -> {param: (allowed python types, default)}
+LAYER_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    "lift": _CONV_PARAMS,
+    "gconv": _CONV_PARAMS,
+    "batchnorm": {},
+    "act": {"fn": ((str,), "relu")},
+    "dropout": {"p": ((float, int), 0.5)},
+    "pool": {
+        "mode": ((str,), "max"),
+        "kernel": ((int,), 2),
+        "stride": ((int, type(None)), None),
+        "padding": ((int,), 0),
+    },
+    "group_pool": {"mode": ((str,), "max")},
+    "global_pool": {"mode": ((str,), "avg")},
+    "linear": {"out": ((int, str), "classes"), "bias": ((bool,), True)},
+}
+
+#: allowed values of string-valued params
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("act", "fn"): tuple(ACTIVATIONS),
+    ("pool", "mode"): ("max", "avg"),
+    ("group_pool", "mode"): ("max", "mean"),
+    ("global_pool", "mode"): ("max", "avg"),
+}
+
+LAYER_TYPES: tuple[str, ...] = tuple(LAYER_PARAMS) + tuple(ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One validated layer: its type and every parameter, defaults filled in."""
+
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """YAML-able form, ``{"type": ..., **params}``."""
+        return {"type": self.type, **self.params}
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "int", float: "number", str: "string", bool: "bool", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def parse_layer(entry: Any, where: str) -> LayerSpec:
+    """Validate one spec entry; ``where`` (e.g. ``model.layers[2]``) prefixes error messages."""
+    if isinstance(entry, str):
+        entry = {"type": entry}
+    if not isinstance(entry, Mapping):
+        raise SpecError(f"{where}: expected a layer type or a mapping with 'type', got {entry!r}")
+    entry = dict(entry)
+    layer_type = entry.pop("type", None)
+    if layer_type in ACTIVATIONS:  # shorthand: `relu` == {type: act, fn: relu}
+        if "fn" in entry:
+            raise SpecError(f"{where}: '{layer_type}' takes no 'fn'; use {{type: act, fn: ...}}")
+        entry["fn"] = layer_type
+        layer_type = "act"
+    if layer_type not in LAYER_PARAMS:
+        raise SpecError(f"{where}: unknown layer type {layer_type!r}; allowed: {', '.join(LAYER_TYPES)}")
+    schema = LAYER_PARAMS[layer_type]
+    unknown = sorted(set(entry) - set(schema))
+    if unknown:
+        allowed = ", ".join(schema) or "none"
+        raise SpecError(f"{where}: unknown parameter {unknown[0]!r} for layer '{layer_type}'; allowed: {allowed}")
+    params: dict[str, Any] = {}
+    for name, (types, default) in schema.items():
+        if name not in entry:
+            if default is REQUIRED:
+                raise SpecError(f"{where}: layer '{layer_type}' needs parameter {name!r}")
+            params[name] = default
+            continue
+        value = entry[name]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise SpecError(f"{where}.{name}: expected {_type_name(types)}, got {value!r}")
+        params[name] = value
+    _check_values(layer_type, params, where)
+    return LayerSpec(layer_type, params)
+
+
+def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
+    for (t, name), choices in _CHOICES.items():
+        if t == layer_type and params[name] not in choices:
+            raise SpecError(f"{where}.{name}: {params[name]!r} is not allowed; allowed: {', '.join(choices)}")
+    if layer_type in ("lift", "gconv"):
+        if params["out"] < 1 or params["kernel"] < 1 or params["stride"] < 1 or params["dilation"] < 1:
+            raise SpecError(f"{where}: out, kernel, stride and dilation must be >= 1, got {params}")
+        pad = params["padding"]
+        if isinstance(pad, str) and pad != "same":
+            raise SpecError(f"{where}.padding: {pad!r} is not allowed; allowed: 'same' or an int >= 0")
+        if isinstance(pad, int) and pad < 0:
+            raise SpecError(f"{where}.padding: must be >= 0, got {pad}")
+    if layer_type == "linear":
+        out = params["out"]
+        if (isinstance(out, str) and out != "classes") or (isinstance(out, int) and out < 1):
+            raise SpecError(f"{where}.out: {out!r} is not allowed; allowed: 'classes' or an int >= 1")
+    if layer_type == "dropout" and not 0.0 <= params["p"] < 1.0:
+        raise SpecError(f"{where}.p: dropout probability must be in [0, 1), got {params['p']}")
+    if layer_type == "pool":
+        if params["kernel"] < 1 or (params["stride"] is not None and params["stride"] < 1) or params["padding"] < 0:
+            raise SpecError(f"{where}: pool kernel/stride must be >= 1 and padding >= 0, got {params}")
+        if params["padding"] * 2 > params["kernel"]:
+            raise SpecError(f"{where}.padding: must be at most half the kernel ({params['kernel']}), got {params['padding']}")
+
+
+def parse_layers(layers: Sequence[Any], where: str = "model.layers") -> list[LayerSpec]:
+    """Validate a whole spec (see the module docstring); raises :class:`SpecError`."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
+        raise SpecError(f"{where}: expected a non-empty list of layers, got {layers!r}")
+    return [parse_layer(entry, f"{where}[{i}]") for i, entry in enumerate(layers)]

@@ -1,0 +1,69 @@
+"""Assertions for plugin authors' and our own test suites.
+
+A group plugin's tests can be a few lines::
+
+    from gcnnkit.testing import assert_group_axioms, assert_equivariant
+    assert_group_axioms(my_group)
+    assert_equivariant(layer, my_group, FieldType("image", 1), FieldType("group", 8), x)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from gcnnkit.equivariance import DEFAULT_TOLERANCE, EquivarianceResult, check_network, equivariance_errors
+from gcnnkit.fields import FieldType
+from gcnnkit.group import Group, check_group_axioms
+from gcnnkit.representation import regular_representation
+from gcnnkit.transforms import transform_image
+
+
+def assert_group_axioms(group: Group) -> None:
+    """Group axioms, the matrix homomorphism, the pixel action's homomorphism on a test image
+    (exact elements compose exactly) and the regular representation."""
+    check_group_axioms(group)
+    x = torch.randn(2, 9, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = [g for g in range(group.order) if group.is_exact(g)]
+    for a in exact:
+        for b in exact:
+            left = transform_image(transform_image(x, group, b), group, a)
+            right = transform_image(x, group, group.product(a, b))
+            if not torch.equal(left, right):
+                names = group.element_names
+                raise AssertionError(f"{group.name}: T({names[a]}) T({names[b]}) != T({names[a]}·{names[b]}) on images")
+    if not regular_representation(group).is_homomorphism():
+        raise AssertionError(f"{group.name}: the regular representation is not a homomorphism")
+
+
+def assert_equivariant(
+    module: nn.Module,
+    group: Group,
+    in_type: FieldType,
+    out_type: FieldType,
+    x: torch.Tensor,
+    tolerance: float = DEFAULT_TOLERANCE,
+    elements: Iterable[int | str] | None = None,
+) -> EquivarianceResult:
+    """Assert ``module(g·x) ≈ g·module(x)`` (relative error ≤ ``tolerance``) for every element."""
+    result = equivariance_errors(module, group, in_type, out_type, x, elements)
+    if result.max_error > tolerance:
+        raise AssertionError(
+            f"not {group.name}-equivariant: relative error {result.max_error:.3g} at element "
+            f"{result.worst_element} exceeds {tolerance:g} (all: {result.errors})"
+        )
+    return result
+
+
+def assert_network_equivariant(
+    net: nn.Module, image_shape: tuple[int, int, int], tolerance: float = DEFAULT_TOLERANCE, batch: int = 2
+) -> list[EquivarianceResult]:
+    """Assert every layer and the whole :class:`~gcnnkit.model.EquivariantNet` are equivariant."""
+    results = check_network(net, image_shape, batch=batch)
+    bad = [r for r in results if r.max_error > tolerance]
+    if bad:
+        msg = ", ".join(f"{r.name}: {r.max_error:.3g} at {r.worst_element}" for r in bad)
+        raise AssertionError(f"not equivariant within {tolerance:g}: {msg}")
+    return results
