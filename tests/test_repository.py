@@ -1,0 +1,39 @@
+"""The repository's promises: CI runs the README's test command, the docs build."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```(?:bash|sh)\n(.*?)\n```", text, flags=re.S)
+
+
+def test_readme_starts_with_two_commands():
+    blocks = _readme_commands()
+    assert len(blocks) >= 2, "README must start with an install-and-train and an install-and-test command"
+    install_and_train, install_and_test = blocks[0].strip(), blocks[1].strip()
+    assert "pip install" in install_and_train and "gcnnkit train" in install_and_train
+    assert "pip install" in install_and_test and "pytest" in install_and_test
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    test_command = _readme_commands()[1].strip()
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def test_docs_build_strict(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
