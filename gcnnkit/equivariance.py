@@ -77,7 +77,9 @@ def equivariance_errors(
     y = module(x)
     for g in range(group.order) if elements is None else elements:
         gi = group.index(g)
-        result.errors[group.element_names[gi]] = relative_error(module(in_type.act(group, gi, x)), out_type.act(group, gi, y))
+        result.errors[group.element_names[gi]] = relative_error(
+            module(in_type.act(group, gi, x)), out_type.act(group, gi, y)
+        )
     return result
 
 

@@ -61,9 +61,7 @@ class Group:
         if matrices.ndim != 3 or matrices.shape[1:] != (2, 2):
             raise ValueError(f"group {name}: matrices must have shape [|G|, 2, 2], got {list(matrices.shape)}")
         if len(element_names) != matrices.shape[0]:
-            raise ValueError(
-                f"group {name}: {len(element_names)} element names for {matrices.shape[0]} matrices"
-            )
+            raise ValueError(f"group {name}: {len(element_names)} element names for {matrices.shape[0]} matrices")
         if len(set(element_names)) != len(element_names):
             raise ValueError(f"group {name}: element names are not unique: {list(element_names)}")
         self.name = name
@@ -167,7 +165,8 @@ class Group:
         )
 
     def __hash__(self) -> int:
-        return hash((self.name, self.element_names))
+        # must agree with __eq__, which ignores the name: equal groups need equal hashes
+        return hash(self.element_names)
 
 
 def _rotation(theta: float) -> list[list[float]]:
@@ -197,7 +196,11 @@ def dihedral_group(n: int, name: str | None = None) -> Group:
         for k in range(n):
             rot = _rotation(2 * math.pi * k / n)
             names.append(("e" if k == 0 else f"r{k}") if j == 0 else ("f" if k == 0 else f"r{k}f"))
-            mats.append((torch.tensor(rot, dtype=torch.float64) @ torch.tensor(flip, dtype=torch.float64)).tolist() if j else rot)
+            mats.append(
+                (torch.tensor(rot, dtype=torch.float64) @ torch.tensor(flip, dtype=torch.float64)).tolist()
+                if j
+                else rot
+            )
     escnn = {"gspace": "flipRot2dOnR2", "N": n}
     return Group(name or f"D{n}", names, mats, api_version=GROUP_API_VERSION, escnn=escnn)
 

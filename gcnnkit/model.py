@@ -75,7 +75,7 @@ class EquivariantNet(nn.Module):
 
     def typed_layers(self) -> Iterator[tuple[str, nn.Module, FieldType, FieldType]]:
         """Yield ``(name, module, in_type, out_type)`` for every layer."""
-        yield from zip(self.layer_names(), self.layers, self.in_types, self.out_types)
+        yield from zip(self.layer_names(), self.layers, self.in_types, self.out_types, strict=True)
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
@@ -149,7 +149,9 @@ def build_network(
             out = FieldType("group", fields)
         elif spec.type in ("batchnorm", "act", "dropout", "pool"):
             if current.kind == "vector" and spec.type in ("batchnorm", "pool"):
-                raise SpecError(f"{where}: needs an image or group feature map but gets {current}; put it before global_pool")
+                raise SpecError(
+                    f"{where}: needs an image or group feature map but gets {current}; put it before global_pool"
+                )
             if spec.type == "batchnorm":
                 layer = backend.batch_norm(group, current)
             elif spec.type == "act":
@@ -161,7 +163,9 @@ def build_network(
             out = current
         elif spec.type == "group_pool":
             if current.kind != "group":
-                raise SpecError(f"{where}: needs a group feature map but gets {current}; put it after a 'lift' or 'gconv'")
+                raise SpecError(
+                    f"{where}: needs a group feature map but gets {current}; put it after a 'lift' or 'gconv'"
+                )
             layer = backend.group_pool(group, current, p["mode"])
             out = FieldType("image", current.channels)
         elif spec.type == "global_pool":
@@ -183,8 +187,7 @@ def build_network(
         current = out
     if current.kind != "vector":
         raise SpecError(
-            f"the network ends with {current}, not with pooled features; end it with 'global_pool' "
-            f"(and 'linear')"
+            f"the network ends with {current}, not with pooled features; end it with 'global_pool' (and 'linear')"
         )
     return EquivariantNet(group, backend.name, specs, layers, in_types, out_types)
 

@@ -144,7 +144,9 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
         if params["kernel"] < 1 or (params["stride"] is not None and params["stride"] < 1) or params["padding"] < 0:
             raise SpecError(f"{where}: pool kernel/stride must be >= 1 and padding >= 0, got {params}")
         if params["padding"] * 2 > params["kernel"]:
-            raise SpecError(f"{where}.padding: must be at most half the kernel ({params['kernel']}), got {params['padding']}")
+            raise SpecError(
+                f"{where}.padding: must be at most half the kernel ({params['kernel']}), got {params['padding']}"
+            )
 
 
 def parse_layers(layers: Sequence[Any], where: str = "model.layers") -> list[LayerSpec]:

@@ -10,7 +10,6 @@ exact; other matrices (e.g. 45°) by bilinear interpolation.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -23,12 +23,30 @@ class NativeBackend(Backend):
     name = "native"
     api_version = BACKEND_API_VERSION
 
-    def lifting_conv(self, group: Group, in_type: FieldType, out_fields: int, kernel_size: int, stride: int = 1,
-                     padding: int = 0, dilation: int = 1, bias: bool = True) -> nn.Module:
+    def lifting_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_fields: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> nn.Module:
         return LiftingConv(group, in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias)
 
-    def group_conv(self, group: Group, in_type: FieldType, out_fields: int, kernel_size: int, stride: int = 1,
-                   padding: int = 0, dilation: int = 1, bias: bool = True) -> nn.Module:
+    def group_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_fields: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> nn.Module:
         return GroupConv(group, in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias)
 
     def group_pool(self, group: Group, in_type: FieldType, mode: str = "max") -> nn.Module:
