@@ -63,6 +63,9 @@ def rotate_images(x: torch.Tensor, angles_deg: torch.Tensor, mode: str = "biline
     if angles.numel() != x.shape[0]:
         raise ValueError(f"need one angle per image: {angles.numel()} angles for {x.shape[0]} images")
     out = torch.empty_like(x)
+    odd_quarter = (torch.remainder(angles, 180.0) == 90.0).any()
+    if odd_quarter and x.shape[-2] != x.shape[-1]:
+        raise ValueError(f"rotating by 90° or 270° needs square images, got {x.shape[-2]}×{x.shape[-1]}")
     quarter = torch.remainder(angles, 90.0) == 0
     for k in range(4):
         sel = quarter & (torch.remainder(angles / 90.0, 4.0) == k)

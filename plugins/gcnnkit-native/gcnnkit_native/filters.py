@@ -34,14 +34,15 @@ def interpolation_matrices(group: Group, kernel_size: int) -> torch.Tensor:
 
 
 def disc_mask(kernel_size: int) -> torch.Tensor:
-    """``[k, k]`` mask of the pixels within radius ``k/2`` of the centre.
+    """``[k, k]`` mask of the pixels within radius ``(k-1)/2`` of the centre.
 
-    Used for non-exact groups: corner pixels of a square kernel rotate out of the square, so
-    keeping only a disc makes the interpolated filter bank nearly equivariant.
+    Used for non-exact groups: a pixel further out (the corners of a 3×3 kernel, at √2) rotates
+    out of the square at 45° and would be lost by interpolation, so only the inscribed disc is
+    kept and the interpolated filter bank is nearly equivariant.
     """
     c = (kernel_size - 1) / 2
     ys, xs = torch.meshgrid(torch.arange(kernel_size), torch.arange(kernel_size), indexing="ij")
-    return (((ys - c) ** 2 + (xs - c) ** 2) <= (kernel_size / 2) ** 2).to(torch.float32)
+    return (((ys - c) ** 2 + (xs - c) ** 2) <= c**2 + 1e-6).to(torch.float32)
 
 
 def group_conv_indices(group: Group, kernel_size: int) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""gcnnkit: group-equivariant CNNs (G-CNNs) with pluggable backends and groups.
+
+The Python API behind the ``gcnnkit`` command line::
+
+    import gcnnkit
+
+    config = gcnnkit.load_config("configs/digits_c4.yaml", overrides=["train.epochs=2"])
+    report = gcnnkit.check_equivariance(config)        # per-layer equivariance errors
+    summary = gcnnkit.train(config)                     # run dir with metrics and checkpoint
+    gcnnkit.evaluate_run(summary.run_dir)               # {"accuracy": {"upright": ..., ...}, ...}
+
+    net = gcnnkit.build_model("native", "C4", preset="gcnn-small", in_channels=1, image_size=28, num_classes=10)
+
+Importing gcnnkit loads torch but neither torchvision nor any backend; plugins load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from gcnnkit.config import Config, load_config
+from gcnnkit.data import Dataset, DatasetInfo, dataset_info, load_dataset
+from gcnnkit.errors import (
+    ConfigError,
+    DataError,
+    GcnnkitError,
+    PluginError,
+    SpecError,
+    UnsupportedGroupError,
+)
+from gcnnkit.evaluation import EquivarianceReport, check_equivariance, evaluate, evaluate_run
+from gcnnkit.fields import FieldType
+from gcnnkit.group import Group, cyclic_group, dihedral_group
+from gcnnkit.model import EquivariantNet, build_model
+from gcnnkit.presets import PRESETS, get_preset
+from gcnnkit.registry import (
+    backend_names,
+    get_backend,
+    get_group,
+    group_names,
+    plugin_report,
+    register_backend,
+    register_group,
+)
+from gcnnkit.training import RunSummary, build_model_from_config, train
+
+try:
+    __version__ = version("gcnnkit")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "__version__",
+    # configs and runs
+    "Config",
+    "load_config",
+    "train",
+    "RunSummary",
+    "evaluate",
+    "evaluate_run",
+    "check_equivariance",
+    "EquivarianceReport",
+    # models
+    "build_model",
+    "build_model_from_config",
+    "EquivariantNet",
+    "PRESETS",
+    "get_preset",
+    # data
+    "Dataset",
+    "DatasetInfo",
+    "dataset_info",
+    "load_dataset",
+    # groups and plugins
+    "Group",
+    "FieldType",
+    "cyclic_group",
+    "dihedral_group",
+    "get_backend",
+    "get_group",
+    "backend_names",
+    "group_names",
+    "register_backend",
+    "register_group",
+    "plugin_report",
+    # errors
+    "GcnnkitError",
+    "ConfigError",
+    "SpecError",
+    "PluginError",
+    "UnsupportedGroupError",
+    "DataError",
+]

@@ -1,0 +1,85 @@
+"""What every command shares: one-line user errors (exit 2), ``--set`` options, JSON output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import click
+
+from gcnnkit.errors import GcnnkitError
+
+#: Set ``GCNNKIT_DEBUG=1`` to see the traceback behind a user error.
+DEBUG_ENV = "GCNNKIT_DEBUG"
+
+
+class UserError(click.ClickException):
+    """A :class:`~gcnnkit.errors.GcnnkitError` on its way out: ``error: <message>``, exit 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {' '.join(self.format_message().splitlines())}", err=True, file=file)
+
+
+class CommandGroup(click.Group):
+    """A click group whose commands live in modules loaded on first use.
+
+    ``commands`` maps a command name to the module that defines it as ``command``; adding a
+    command is one line in :data:`gcnnkit.cli.COMMANDS`. Every :class:`GcnnkitError` raised by
+    a command becomes ``error: <message>`` on stderr and exit code 2, without a traceback;
+    Ctrl-C exits with 130.
+    """
+
+    def __init__(self, *args, lazy_commands: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands and name not in self.commands:
+            import importlib
+
+            self.add_command(importlib.import_module(self.lazy_commands[name]).command, name)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GcnnkitError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise UserError(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def set_option(func):
+    """``--set key.path=value`` (repeatable) config overrides."""
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set train.epochs=2 --set model.group=D4 (value parsed as YAML).",
+    )(func)
+
+
+def to_json(obj: Any) -> str:
+    """JSON text, with infinities and NaNs written as the strings "inf", "-inf", "nan" (strict JSON)."""
+    return json.dumps(_finite(obj), indent=2)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

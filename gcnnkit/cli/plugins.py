@@ -1,0 +1,39 @@
+"""``gcnnkit plugins``: installed backends and groups, and why any failed to load."""
+
+from __future__ import annotations
+
+import click
+
+from gcnnkit.cli._common import to_json
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print {backends: [...], groups: [...]} as JSON.")
+def command(as_json: bool) -> None:
+    """List backend and group plugins with their distribution and version; failed ones with the reason."""
+    from gcnnkit.registry import plugin_report
+
+    infos = plugin_report()
+    if as_json:
+        click.echo(
+            to_json(
+                {
+                    "backends": [i.to_dict() for i in infos if i.kind == "backend"],
+                    "groups": [i.to_dict() for i in infos if i.kind == "group"],
+                }
+            )
+        )
+        return
+    if not infos:
+        click.echo("no plugins installed (pip install gcnnkit-native)")
+        return
+    rows = [(i.kind, i.name, i.origin, _status(i)) for i in infos]
+    widths = [max(len(r[k]) for r in [("kind", "name", "from", ""), *rows]) for k in range(3)]
+    for row in [("kind", "name", "from", "status"), *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3])
+
+
+def _status(info) -> str:
+    if info.error:
+        return f"FAILED: {info.error}"
+    return "ok (family)" if info.is_family else "ok"

@@ -1,0 +1,314 @@
+"""Data sets held in memory, train-time augmentation and test-time protocols.
+
+Every data set is loaded once into float tensors ``[N, C, H, W]`` in ``[0, 1]`` with int64
+labels ``[N]``, so batches are plain index lookups (no ``DataLoader`` workers). Images stay in
+``[0, 1]`` — rotations fill in zeros, which is the background — and are normalised per channel
+with the training set's mean and std only after augmentation (:meth:`Dataset.normalise`).
+
+Data sets:
+
+* ``digits`` — scikit-learn's 8×8 handwritten digits (values 0..16, no download), scaled to
+  ``[0, 1]``, resized to ``image_size - 4`` (default 17, odd so rotations have a centre pixel)
+  and zero-padded by 2 pixels so a digit can rotate without losing ink; a fixed stratified
+  80/20 split (independent of the run seed, so test sets match across runs).
+* torchvision classification sets by class name (case-insensitive): MNIST, FashionMNIST,
+  KMNIST, QMNIST, USPS, CIFAR10, CIFAR100, SVHN, STL10. torchvision is imported only when one
+  is loaded.
+
+Test protocols (:data:`PROTOCOLS`): ``upright``; ``rotated`` (sample ``i`` turned by angle
+``i`` of :func:`~gcnnkit.transforms.random_angles` ``(N, rotation_seed)`` — the same angles every
+run); ``rot90``/``rot180``/``rot270`` (exact); ``flip`` (left–right).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from gcnnkit.config import AUGMENTATIONS, PROTOCOLS
+from gcnnkit.errors import DataError
+from gcnnkit.transforms import random_angles, rotate_images
+
+if TYPE_CHECKING:
+    from gcnnkit.config import DataConfig
+
+__all__ = [
+    "AUGMENTATIONS",
+    "PROTOCOLS",
+    "DatasetInfo",
+    "Split",
+    "Dataset",
+    "dataset_names",
+    "canonical_name",
+    "native_image_size",
+    "dataset_info",
+    "load_dataset",
+    "augment_batch",
+    "apply_protocol",
+    "protocol_batches",
+]
+
+DIGITS_IMAGE_SIZE = 17
+_DIGITS_PAD = 2
+_DIGITS_SPLIT_SEED = 0  # fixed, so every run tests on the same 360 digits
+_TEST_SUBSET_SEED = 0  # fixed, so test_size subsets match across run seeds
+
+
+@dataclass(frozen=True)
+class _TorchvisionSet:
+    channels: int
+    size: int
+    classes: int
+    split_arg: str  # "train": train=True/False; "split": split="train"/"test"
+    folder: str  # what data.root must hold, for the "no data" message
+
+
+TORCHVISION_SETS: dict[str, _TorchvisionSet] = {
+    "MNIST": _TorchvisionSet(1, 28, 10, "train", "MNIST/raw"),
+    "FashionMNIST": _TorchvisionSet(1, 28, 10, "train", "FashionMNIST/raw"),
+    "KMNIST": _TorchvisionSet(1, 28, 10, "train", "KMNIST/raw"),
+    "QMNIST": _TorchvisionSet(1, 28, 10, "train", "QMNIST/raw"),
+    "USPS": _TorchvisionSet(1, 16, 10, "train", "usps.bz2 and usps.t.bz2"),
+    "CIFAR10": _TorchvisionSet(3, 32, 10, "train", "cifar-10-batches-py"),
+    "CIFAR100": _TorchvisionSet(3, 32, 100, "train", "cifar-100-python"),
+    "SVHN": _TorchvisionSet(3, 32, 10, "split", "train_32x32.mat and test_32x32.mat"),
+    "STL10": _TorchvisionSet(3, 96, 10, "split", "stl10_binary"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Shapes of a configured data set: images ``[in_channels, image_size, image_size]``."""
+
+    name: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+
+@dataclass
+class Split:
+    """``images`` ``[N, C, H, W]`` float in ``[0, 1]`` and ``labels`` ``[N]`` int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, n: int | None, seed: int, key: str) -> Split:
+        """``n`` samples drawn without replacement (deterministic from ``seed``); all when ``n`` is None."""
+        if n is None or n == len(self):
+            return self
+        if n > len(self):
+            raise DataError(f"{key}: {n} is more than the {len(self)} images available; give at most {len(self)}")
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return Split(self.images[idx], self.labels[idx])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    """A loaded data set: train and test splits and the training set's per-channel statistics."""
+
+    info: DatasetInfo
+    train: Split
+    test: Split
+    mean: torch.Tensor  # [C]
+    std: torch.Tensor  # [C]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` → ``(x − mean) / std`` per channel."""
+        return normalise(x, self.mean, self.std)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(
+            self.info, self.train.to(device), self.test.to(device), self.mean.to(device), self.std.to(device)
+        )
+
+
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` → ``(x − mean[c]) / std[c]`` (``mean``, ``std``: ``[C]``)."""
+    return (x - mean.view(1, -1, 1, 1).to(x)) / std.view(1, -1, 1, 1).to(x)
+
+
+# ----------------------------------------------------------------------- names and shapes
+def dataset_names() -> list[str]:
+    """Every name ``data.name`` accepts (matching is case-insensitive)."""
+    return ["digits", *TORCHVISION_SETS]
+
+
+def canonical_name(name: str) -> str:
+    """``"mnist"`` → ``"MNIST"``; :class:`DataError` listing the supported names otherwise."""
+    for known in dataset_names():
+        if known.lower() == name.lower():
+            return known
+    raise DataError(f"data.name: {name!r} is not a supported data set; allowed: {', '.join(dataset_names())}")
+
+
+def native_image_size(name: str) -> int:
+    """Default ``image_size`` of a data set: 17 for digits, the stored size for torchvision sets."""
+    name = canonical_name(name)
+    return DIGITS_IMAGE_SIZE if name == "digits" else TORCHVISION_SETS[name].size
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """Input channels, image size and class count of ``cfg`` without loading any data."""
+    name = canonical_name(cfg.name)
+    size = cfg.image_size or native_image_size(name)
+    if name == "digits":
+        return DatasetInfo(name, 1, size, 10)
+    meta = TORCHVISION_SETS[name]
+    return DatasetInfo(name, meta.channels, size, meta.classes)
+
+
+# ---------------------------------------------------------------------------- loading
+def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Load ``cfg``'s data set into memory (CPU).
+
+    Args:
+        cfg: the ``data`` section of a config.
+        seed: the run seed; it picks the ``train_size`` subset (the ``test_size`` subset and
+            the digits split are fixed, so test sets are comparable across runs).
+
+    Raises:
+        DataError: unknown name, files missing with ``download: false``, a failed download.
+    """
+    info = dataset_info(cfg)
+    if info.name == "digits":
+        train, test = _load_digits(info.image_size)
+    else:
+        train, test = (_load_torchvision(info, cfg, is_train) for is_train in (True, False))
+    train = _resize(train.subset(cfg.train_size, seed, "data.train_size"), info.image_size)
+    test = _resize(test.subset(cfg.test_size, _TEST_SUBSET_SEED, "data.test_size"), info.image_size)
+    mean = train.images.mean(dim=(0, 2, 3))
+    std = train.images.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return Dataset(info, train, test, mean, std)
+
+
+def _load_digits(image_size: int) -> tuple[Split, Split]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [1797, 1, 8, 8]
+    inner = image_size - 2 * _DIGITS_PAD
+    images = F.interpolate(images, size=(inner, inner), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+    images = F.pad(images, (_DIGITS_PAD,) * 4)
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    train_idx, test_idx = train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=0.2, stratify=labels.numpy(), random_state=_DIGITS_SPLIT_SEED
+    )
+    train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
+    return Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx])
+
+
+def _load_torchvision(info: DatasetInfo, cfg: DataConfig, is_train: bool) -> Split:
+    import torchvision.datasets
+
+    meta = TORCHVISION_SETS[info.name]
+    cls = getattr(torchvision.datasets, info.name)
+    split = {"train": is_train} if meta.split_arg == "train" else {"split": "train" if is_train else "test"}
+    try:
+        ds = cls(root=os.path.expanduser(cfg.root), download=cfg.download, **split)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if cfg.download:
+            raise DataError(f"data.download: could not download {info.name} to {cfg.root!r}: {reason}") from None
+        if "not found" in str(exc).lower() or isinstance(exc, FileNotFoundError):
+            raise DataError(
+                f"data.root: no {info.name} data under {cfg.root!r} (download: false); set data.download: true "
+                f"or point data.root at a folder holding {meta.folder}"
+            ) from None
+        raise DataError(f"data.root: could not read {info.name} from {cfg.root!r}: {reason}") from None
+    images, labels = _as_tensors(ds)
+    if images.shape[1] != meta.channels:
+        raise DataError(f"data.name: {info.name} images have {images.shape[1]} channels, expected {meta.channels}")
+    return Split(images, labels)
+
+
+def _resize(split: Split, size: int) -> Split:
+    """Bilinear (antialiased) resize to ``size × size`` when the images have another size."""
+    if split.images.shape[-2:] == (size, size):
+        return split
+    images = F.interpolate(split.images, size=(size, size), mode="bilinear", antialias=True).clamp(0.0, 1.0)
+    return Split(images, split.labels)
+
+
+def _as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torchvision data set's ``data`` and ``targets``/``labels`` as ``[N, C, H, W]`` float and ``[N]`` int64."""
+    images = torch.as_tensor(ds.data)
+    if images.ndim == 3:  # [N, H, W]
+        images = images.unsqueeze(1)
+    elif images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):  # [N, H, W, C]
+        images = images.permute(0, 3, 1, 2)
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    labels = torch.as_tensor(ds.targets if hasattr(ds, "targets") else ds.labels, dtype=torch.int64)
+    if labels.ndim == 2:  # QMNIST keeps extra columns; the class is the first
+        labels = labels[:, 0]
+    return images, labels
+
+
+# -------------------------------------------------------------------------- transforms
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Random train-time transform of each image of ``x`` ``[B, C, H, W]``.
+
+    ``none``: unchanged; ``rot90``: a random multiple of 90°; ``rotate``: a random angle in
+    [0°, 360°) (bilinear, zeros outside); ``flip``: a random left–right flip, then a random
+    multiple of 90° (a random element of D4). Randomness comes only from ``generator`` (CPU).
+    """
+    if mode == "none":
+        return x
+    b = x.shape[0]
+    if mode == "rotate":
+        return rotate_images(x, torch.rand(b, generator=generator, dtype=torch.float64) * 360.0)
+    if mode not in ("rot90", "flip"):
+        raise ValueError(f"unknown augmentation {mode!r}; allowed: {', '.join(AUGMENTATIONS)}")
+    quarter_turns = torch.randint(0, 4, (b,), generator=generator)
+    if mode == "flip":
+        flips = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    return rotate_images(x, quarter_turns.double() * 90.0)
+
+
+def apply_protocol(x: torch.Tensor, protocol: str, angles: torch.Tensor | None = None) -> torch.Tensor:
+    """Transform test images ``[B, C, H, W]`` by a protocol; ``rotated`` needs ``angles`` ``[B]`` (degrees)."""
+    if protocol == "upright":
+        return x
+    if protocol == "flip":
+        return x.flip(-1)
+    if protocol in ("rot90", "rot180", "rot270"):
+        return torch.rot90(x, int(protocol[3:]) // 90, dims=(-2, -1))
+    if protocol == "rotated":
+        if angles is None:
+            raise ValueError("the 'rotated' protocol needs one angle per image")
+        return rotate_images(x, angles)
+    raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+
+
+def protocol_batches(
+    split: Split, protocol: str, rotation_seed: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``(images [b, C, H, W], labels [b])`` of ``split`` under ``protocol``, in order.
+
+    Under ``rotated``, sample ``i`` is turned by ``random_angles(len(split), rotation_seed)[i]``
+    whatever the batch size, so every run and every batching sees the same test set.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+    angles = random_angles(len(split), rotation_seed) if protocol == "rotated" else None
+    for start in range(0, len(split), batch_size):
+        stop = start + batch_size
+        x = split.images[start:stop]
+        yield apply_protocol(x, protocol, None if angles is None else angles[start:stop]), split.labels[start:stop]

@@ -1,0 +1,182 @@
+"""Evaluation: test accuracy under each protocol, of a model or a run directory, and the
+equivariance check of a configured model.
+
+* :func:`evaluate` — accuracy of a model on a split under protocols (``upright``,
+  ``rotated``, ``rot90`` …, see :mod:`gcnnkit.data`);
+* :func:`evaluate_run` — rebuild a run's model from its stored config and checkpoint
+  (``torch.load(weights_only=True)``) and evaluate it;
+* :func:`check_equivariance` — per-layer and end-to-end equivariance error of the model a
+  config describes, at random initialisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gcnnkit.config import PROTOCOLS, Config, load_config
+from gcnnkit.data import Split, dataset_info, load_dataset, normalise, protocol_batches
+from gcnnkit.equivariance import DEFAULT_TOLERANCE, EquivarianceResult, check_network
+from gcnnkit.errors import GcnnkitError
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    protocols: Sequence[str] = ("upright",),
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    rotation_seed: int = 1234,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Accuracy of ``model`` on ``split`` under each protocol, in eval mode.
+
+    Images ``[N, C, H, W]`` in ``[0, 1]`` are transformed by the protocol, then normalised with
+    ``mean``/``std`` ``[C]``; they are moved to the model's device batch by batch.
+
+    Returns:
+        ``{protocol: accuracy in [0, 1]}`` in the order given.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        out = {}
+        for protocol in protocols:
+            correct = 0
+            for x, y in protocol_batches(split, protocol, rotation_seed, batch_size):
+                logits = model(normalise(x.to(device), mean, std))
+                correct += (logits.argmax(dim=1) == y.to(device)).sum().item()
+            out[protocol] = correct / max(1, len(split))
+        return out
+    finally:
+        model.train(was_training)
+
+
+def evaluate_run(
+    run_dir: str | Path, protocols: Sequence[str] | None = None, *, device: str | None = None
+) -> dict[str, Any]:
+    """Evaluate the last checkpoint of a run on its test set.
+
+    Args:
+        run_dir: a directory written by :func:`gcnnkit.training.train`.
+        protocols: default: the run's ``eval.protocols``.
+        device: default: the run's ``device`` setting (``auto`` picks CUDA when there is one).
+
+    Returns:
+        ``{"run_dir", "epoch", "backend", "group", "preset", "data", "params", "num_test",
+        "accuracy": {protocol: accuracy}}``.
+    """
+    from gcnnkit.training import CHECKPOINT_FILE, build_model_from_config, load_checkpoint, resolve_device
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise GcnnkitError(f"{run_dir}: not a run directory with a {CHECKPOINT_FILE} (train one with gcnnkit train)")
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    config = Config.from_dict(checkpoint["config"])
+    protocols = list(protocols or config.eval.protocols)
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise GcnnkitError(f"protocol {unknown[0]!r} is not allowed; allowed: {', '.join(PROTOCOLS)}")
+    data = load_dataset(config.data, seed=config.seed)
+    model = build_model_from_config(config, data.info)
+    model.load_state_dict(checkpoint["model"])
+    model.to(resolve_device(device or config.device))
+    stats = checkpoint["normalisation"]
+    accuracy = evaluate(
+        model,
+        data.test,
+        protocols,
+        mean=torch.tensor(stats["mean"]),
+        std=torch.tensor(stats["std"]),
+        rotation_seed=config.eval.rotation_seed,
+        batch_size=config.eval.batch_size,
+    )
+    return {
+        "run_dir": str(run_dir),
+        "epoch": checkpoint["epoch"],
+        "backend": config.model.backend,
+        "group": config.model.group,
+        "preset": config.model.preset,
+        "data": data.info.name,
+        "params": model.num_parameters(),
+        "num_test": len(data.test),
+        "accuracy": accuracy,
+    }
+
+
+@dataclass
+class EquivarianceReport:
+    """Per-layer and end-to-end (last) equivariance errors of a configured model."""
+
+    group: str
+    backend: str
+    image_shape: tuple[int, int, int]
+    tolerance: float
+    results: list[EquivarianceResult]
+    elements: str = "all"  # "all", or "exact": only the elements that permute pixels
+
+    @property
+    def worst(self) -> EquivarianceResult:
+        """The layer (or end-to-end entry) with the largest relative error."""
+        return max(self.results, key=lambda r: r.max_error)
+
+    @property
+    def max_error(self) -> float:
+        return self.worst.max_error
+
+    @property
+    def passed(self) -> bool:
+        """True when every layer and the whole network are within ``tolerance``."""
+        return all(r.max_error <= self.tolerance for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "backend": self.backend,
+            "image_shape": list(self.image_shape),
+            "tolerance": self.tolerance,
+            "elements": self.elements,
+            "passed": self.passed,
+            "max_rel_error": self.max_error,
+            "worst_layer": self.worst.name,
+            "worst_element": self.worst.worst_element,
+            "layers": [r.to_dict() for r in self.results],
+        }
+
+
+def check_equivariance(
+    config: Config | str | Path,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    elements: str = "all",
+    batch: int = 2,
+    seed: int | None = None,
+) -> EquivarianceReport:
+    """Build ``config``'s model (random init from ``seed``, default the config's; eval mode, CPU,
+    float32) for its data's input shape and measure ``max|f(g·x) − g·f(x)| / max|f(x)|`` per layer
+    and end to end, for every group element (``elements="all"``) or only for those that permute
+    pixels exactly (``"exact"``: multiples of 90° and reflections; interpolated elements such as
+    45° rotations are only approximately equivariant on a pixel grid). No data is loaded.
+    """
+    if elements not in ("all", "exact"):
+        raise GcnnkitError(f"elements: {elements!r} is not allowed; allowed: all, exact")
+    from gcnnkit.training import build_model_from_config
+
+    config = config if isinstance(config, Config) else load_config(config)
+    info = dataset_info(config.data)
+    seed = config.seed if seed is None else seed
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = build_model_from_config(config, info).eval()
+    group = model.group
+    chosen = None if elements == "all" else [g for g in range(group.order) if group.is_exact(g)]
+    results = check_network(model, info.image_shape, batch=batch, seed=seed, elements=chosen)
+    return EquivarianceReport(group.name, config.model.backend, info.image_shape, tolerance, results, elements)

@@ -1,0 +1,551 @@
+"""Training: the loop, the run directory, metrics, atomic checkpoints and resume.
+
+A run directory holds::
+
+    config.yaml      the fully resolved config (Config.to_dict())
+    metrics.jsonl    one JSON object per completed epoch: epoch, train_loss, train_acc,
+                     test_<protocol> for each eval protocol, lr (at the epoch's start),
+                     epoch_seconds (training + evaluation), device
+    checkpoint.pt    the state after the last completed epoch (written atomically; state
+                     dicts and plain values only, so it loads with weights_only=True)
+    summary.json     written when the run finishes (see RunSummary)
+
+:func:`train` is the whole job; ``gcnnkit train`` is a thin layer over it. Runs are
+reproducible: data order, augmentation and dropout of epoch ``e`` come from generators seeded
+with ``(seed, e)``, so on CPU an interrupted run resumed to the end has the same weights as an
+uninterrupted one. Learning-rate schedules are a closed form of the step and of
+``train.epochs``; extending a finished run with more epochs therefore stretches its schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from gcnnkit.config import Config, config_differences, load_config
+from gcnnkit.data import Dataset, DatasetInfo, augment_batch, dataset_info, load_dataset
+from gcnnkit.errors import ConfigError, GcnnkitError, SpecError
+from gcnnkit.model import EquivariantNet, build_model
+from gcnnkit.registry import plugin_distributions, require_plugins
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class RunSummary:
+    """What ``summary.json`` holds: the outcome of a finished run."""
+
+    run_dir: str
+    epochs: int
+    params: int
+    accuracy: dict[str, float]  # protocol -> test accuracy after the last epoch
+    wall_time_s: float  # training + evaluation time, summed over resumed sessions
+    device: str
+    seed: int
+    backend: str
+    group: str
+    preset: str | None
+    data: str
+    train_loss: float
+    train_acc: float
+    versions: dict[str, str] = field(default_factory=dict)  # torch, gcnnkit and installed plugin distributions
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """The one-line summary printed at the end of a run."""
+        accs = ", ".join(f"{p} {100 * a:.2f}%" for p, a in self.accuracy.items())
+        arch = f"preset {self.preset}" if self.preset else "custom layers"
+        return (
+            f"done: group {self.group}, backend {self.backend}, {arch}, {self.params:,} params, {accs}, "
+            f"{self.wall_time_s:.1f}s on {self.device}, run dir {self.run_dir}"
+        )
+
+
+# ------------------------------------------------------------------------ building blocks
+def build_model_from_config(config: Config, info: DatasetInfo | None = None) -> EquivariantNet:
+    """Build ``config.model`` for the input shape and class count of ``config.data``.
+
+    Checks ``config.required_plugins`` first (:class:`~gcnnkit.errors.PluginError` names a
+    missing one). ``info`` (from :func:`gcnnkit.data.dataset_info`) is looked up when not given. Weights are
+    initialised from the global torch RNG: seed it first for reproducible weights.
+    """
+    require_plugins(config.required_plugins)
+    info = info or dataset_info(config.data)
+    m = config.model
+    model = build_model(
+        m.backend,
+        m.group,
+        in_channels=info.in_channels,
+        image_size=info.image_size,
+        num_classes=info.num_classes,
+        preset=m.preset,
+        layers=m.layers,
+        widths=m.widths,
+        backend_options=m.backend_options,
+    )
+    _probe(model, info)
+    return model
+
+
+@torch.no_grad()
+def _probe(model: EquivariantNet, info: DatasetInfo) -> None:
+    """Run a zero batch ``[2, C, H, W]`` through ``model`` (eval mode) so that a spec that does not fit
+    the images (a kernel larger than the feature map, pooling to nothing, the wrong number of
+    outputs) is a one-line :class:`SpecError` now, not a traceback in the first training step."""
+    c, h, w = info.image_shape
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(2, c, h, w))
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise SpecError(f"model: the network cannot run on {info.name} images [B, {c}, {h}, {w}]: {reason}") from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (2, info.num_classes):
+        raise SpecError(
+            f"model: the network outputs {list(out.shape[1:])} per image, but {info.name} needs "
+            f"{info.num_classes} class scores; end the layers with {{type: linear, out: classes}}"
+        )
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; refuses CUDA devices that are not there."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {spec!r} is not available (no CUDA device found); use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device: {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed for epoch ``epoch`` of a run with seed ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def make_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def lr_factor(config: Config, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier after ``step`` optimiser steps (schedules advance every step).
+
+    ``cosine``: half a cosine from 1 to 0 over the run; ``step``: ``gamma`` every ``step_size``
+    epochs; ``onecycle``: cosine warm-up from 1/25 to 1 over the first 30 % of steps, then
+    cosine annealing to 1/25e4 (as ``torch.optim.lr_scheduler.OneCycleLR``, without momentum
+    cycling). Being a closed form of the step, a resumed run with more epochs recomputes it.
+    """
+    t = config.train
+    total = max(1, t.epochs * steps_per_epoch)
+    if t.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    if t.schedule == "step":
+        return t.gamma ** ((step // steps_per_epoch) // t.step_size)
+    if t.schedule == "onecycle":
+        warm = max(1, int(0.3 * total))
+        start, end = 1 / 25, 1 / 25e4
+        if step < warm:
+            return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / warm))
+        frac = min(1.0, (step - warm) / max(1, total - warm))
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * frac))
+    return 1.0
+
+
+class _Precision:
+    """``torch.autocast`` (bf16/fp16) and, for fp16, a ``GradScaler``."""
+
+    def __init__(self, mode: str, device: torch.device):
+        if mode == "fp16" and device.type != "cuda":
+            raise ConfigError(
+                f"train.mixed_precision: fp16 needs a CUDA device, but the device is {device}; use bf16 or none"
+            )
+        self.mode, self.device = mode, device
+        self.scaler = torch.amp.GradScaler("cuda") if mode == "fp16" else None
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mode)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: ``<path>.tmp`` in the same folder, fsync, ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise GcnnkitError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise GcnnkitError(f"{path}: not a readable gcnnkit checkpoint ({type(exc).__name__}: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise GcnnkitError(f"{path}: not a gcnnkit checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) generator states as tensors and plain values."""
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_gauss": [int(np_has_gauss), float(np_gauss)],
+        "python": torch.tensor(py_state, dtype=torch.int64),
+        "python_version": int(py_version),
+        "python_gauss": py_gauss,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+
+
+# ----------------------------------------------------------------------------- run dirs
+def new_run_dir(config: Config, out_dir: str | Path | None = None) -> Path:
+    """``out_dir`` (must not hold a run yet), or ``runs/<config-stem>-<YYYYmmdd-HHMMSS>``; not created yet."""
+    if out_dir is not None:
+        run_dir = Path(out_dir)
+        if (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
+            raise ConfigError(
+                f"--out {run_dir}: already holds a run; add --resume to continue it or choose a new folder"
+            )
+    else:
+        stem = Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir, n = stem, 1
+        while run_dir.exists():  # two runs started in the same second
+            run_dir, n = stem.with_name(f"{stem.name}-{n}"), n + 1
+    return run_dir
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` (empty when there is none)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _resume_state(config: Config, run_dir: Path) -> tuple[Config, dict[str, Any]]:
+    """The run's checkpoint, and its stored config with ``train.epochs`` taken from ``config``."""
+    if not (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"--resume: {run_dir} is not a run directory (no {CONFIG_FILE})")
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(f"--resume: {run_dir} has no {CHECKPOINT_FILE} (no epoch completed); start it afresh")
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    stored = Config.from_dict(checkpoint["config"], source=config.source)
+    diffs = [d for d in config_differences(stored.to_dict(), config.to_dict()) if d[0] != "train.epochs"]
+    if diffs:
+        key, was, given = diffs[0]
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise ConfigError(
+            f"--resume: the config differs from the run's in {key}: run has {was!r}, given {given!r}{more}; "
+            f"only train.epochs may change"
+        )
+    done = checkpoint["epoch"]
+    if config.train.epochs < done:
+        raise ConfigError(
+            f"train.epochs: {config.train.epochs} is fewer than the {done} epochs {run_dir} has completed"
+        )
+    return replace(stored, train=replace(stored.train, epochs=config.train.epochs)), checkpoint
+
+
+# ------------------------------------------------------------------------------ training
+def train(
+    config: Config | str | Path,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    *,
+    log: Callable[[str], None] | None = print,
+) -> RunSummary:
+    """Train the configured model, evaluating every epoch; return the run's summary.
+
+    Args:
+        config: a :class:`~gcnnkit.config.Config` or the path of a YAML config.
+        out_dir: the run directory; default ``runs/<config-stem>-<YYYYmmdd-HHMMSS>``.
+        resume: continue the run in ``out_dir`` from its last completed epoch. Its stored
+            config is used; ``config`` may differ only in ``train.epochs`` (to train longer).
+        log: called with one line per epoch and a last line summarising the run; ``None``
+            silences them. A tqdm bar per epoch goes to stderr when it is a terminal.
+
+    Raises:
+        GcnnkitError: bad config, plugin, data, or run directory (one-line message).
+    """
+    from gcnnkit.evaluation import evaluate
+
+    config = config if isinstance(config, Config) else load_config(config)
+    log = log or (lambda line: None)
+    checkpoint = None
+    if resume:
+        if out_dir is None:
+            raise ConfigError("--resume needs --out RUN_DIR, the run to continue")
+        run_dir = Path(out_dir)
+        config, checkpoint = _resume_state(config, run_dir)
+    else:
+        run_dir = new_run_dir(config, out_dir)
+    started = time.perf_counter()
+
+    device = resolve_device(config.device)
+    precision = _Precision(config.train.mixed_precision, device)
+    seed_everything(config.seed)
+    model = build_model_from_config(config).to(device)  # before loading data: config errors come first
+    data = load_dataset(config.data, seed=config.seed).to(device)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config error leaves no empty run dir behind
+    optimizer = make_optimizer(config, model.parameters())
+    steps_per_epoch = math.ceil(len(data.train) / config.train.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))
+    first_epoch, elapsed_before = 1, 0.0
+    if checkpoint is not None:
+        _restore(checkpoint, model, optimizer, scheduler, precision)
+        first_epoch, elapsed_before = checkpoint["epoch"] + 1, checkpoint["elapsed_s"]
+        metrics = [m for m in read_metrics(run_dir) if m["epoch"] < first_epoch]  # drop epochs not checkpointed
+        _write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
+        log(f"resuming {run_dir} after epoch {checkpoint['epoch']} of {config.train.epochs}")
+    _write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
+    log(
+        f"{config.model.group} {config.model.backend} {config.model.preset or 'custom layers'}: "
+        f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train / {len(data.test)} test, "
+        f"{device}, run dir {run_dir}"
+    )
+
+    record: dict[str, Any] = {}
+    done = first_epoch - 1  # last epoch with a checkpoint
+    try:
+        for epoch in range(first_epoch, config.train.epochs + 1):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            loss, acc = _train_epoch(model, data, config, epoch, optimizer, scheduler, precision, device)
+            accuracy = evaluate(
+                model,
+                data.test,
+                config.eval.protocols,
+                mean=data.mean,
+                std=data.std,
+                rotation_seed=config.eval.rotation_seed,
+                batch_size=config.eval.batch_size,
+            )
+            record = {"epoch": epoch, "train_loss": loss, "train_acc": acc}
+            record.update({f"test_{p}": a for p, a in accuracy.items()})
+            record.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0, "device": str(device)})
+            with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            state = _checkpoint_state(epoch, config, data, model, optimizer, scheduler, precision)
+            state["elapsed_s"] = elapsed_before + time.perf_counter() - started
+            save_checkpoint(run_dir / CHECKPOINT_FILE, state)
+            done = epoch
+            tests = "  ".join(f"{p} {a:.4f}" for p, a in accuracy.items())
+            log(
+                f"epoch {epoch}/{config.train.epochs}  loss {loss:.4f}  acc {acc:.4f}  {tests}  lr {lr:.2e}  "
+                f"{record['epoch_seconds']:.1f}s"
+            )
+    except KeyboardInterrupt:
+        log(
+            f"interrupted after {done} of {config.train.epochs} epochs (saved in {run_dir}); "
+            f"continue with: gcnnkit train CONFIG --out {run_dir} --resume"
+        )
+        raise
+
+    if not record:  # resumed a finished run without adding epochs
+        record = read_metrics(run_dir)[-1]
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        epochs=config.train.epochs,
+        params=model.num_parameters(),
+        accuracy={p: record[f"test_{p}"] for p in config.eval.protocols},
+        wall_time_s=elapsed_before + time.perf_counter() - started,
+        device=str(device),
+        seed=config.seed,
+        backend=config.model.backend,
+        group=config.model.group,
+        preset=config.model.preset,
+        data=data.info.name,
+        train_loss=record["train_loss"],
+        train_acc=record["train_acc"],
+        versions=_versions(),
+    )
+    _write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+    log(summary.line())
+    return summary
+
+
+def _checkpoint_state(
+    epoch: int,
+    config: Config,
+    data: Dataset,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    precision: _Precision,
+) -> dict[str, Any]:
+    """Everything needed to resume after ``epoch``: state dicts and plain values only."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": precision.scaler.state_dict() if precision.scaler is not None else {},
+        "rng": rng_state(),
+        "config": config.to_dict(),
+        "normalisation": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+    }
+
+
+def _restore(
+    checkpoint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    precision: _Precision,
+) -> None:
+    """Load a checkpoint's state into freshly built training objects."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if precision.scaler is not None and checkpoint["scaler"]:
+        precision.scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng"])
+
+
+def _train_epoch(
+    model: nn.Module,
+    data: Dataset,
+    config: Config,
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    precision: _Precision,
+    device: torch.device,
+) -> tuple[float, float]:
+    """One pass over the training set; returns (mean loss, accuracy)."""
+    seed = epoch_seed(config.seed, epoch)
+    torch.manual_seed(seed)  # dropout
+    gen = torch.Generator().manual_seed(seed)  # order and augmentation
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
+    n, batch = len(data.train), config.train.batch_size
+    order = torch.randperm(n, generator=gen).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    model.train()
+    bar = tqdm(
+        range(0, n, batch),
+        desc=f"epoch {epoch}/{config.train.epochs}",
+        leave=False,
+        disable=None,
+        file=sys.stderr,
+        unit="batch",
+    )
+    for start in bar:
+        idx = order[start : start + batch]
+        x = data.normalise(augment_batch(data.train.images[idx], config.data.augment, gen))
+        y = data.train.labels[idx]
+        with precision.autocast():
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        precision.step(loss, optimizer)
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(dim=1) == y).sum()
+        if bar.disable is False:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__}
+    try:
+        out["gcnnkit"] = version("gcnnkit")
+    except PackageNotFoundError:  # a source tree that is not installed
+        pass
+    return {**out, **plugin_distributions()}
