@@ -58,10 +58,21 @@ def assert_equivariant(
 
 
 def assert_network_equivariant(
-    net: nn.Module, image_shape: tuple[int, int, int], tolerance: float = DEFAULT_TOLERANCE, batch: int = 2
+    net: nn.Module,
+    image_shape: tuple[int, int, int],
+    tolerance: float = DEFAULT_TOLERANCE,
+    batch: int = 2,
+    elements: Iterable[int | str] | None = None,
 ) -> list[EquivarianceResult]:
-    """Assert every layer and the whole :class:`~gcnnkit.model.EquivariantNet` are equivariant."""
-    results = check_network(net, image_shape, batch=batch)
+    """Assert every layer and the whole :class:`~gcnnkit.model.EquivariantNet` are equivariant.
+
+    ``elements`` defaults to the group's exact elements (all of them for C4/D4; the multiples of
+    90° and the reflections for e.g. C8, whose other elements are interpolated).
+    """
+    group = net.group
+    if elements is None:
+        elements = [g for g in range(group.order) if group.is_exact(g)]
+    results = check_network(net, image_shape, batch=batch, elements=elements)
     bad = [r for r in results if r.max_error > tolerance]
     if bad:
         msg = ", ".join(f"{r.name}: {r.max_error:.3g} at {r.worst_element}" for r in bad)

@@ -19,12 +19,14 @@ from gcnnkit.equivariance import DEFAULT_TOLERANCE
     type=click.Choice(["all", "exact"]),
     default="all",
     show_default=True,
-    help="Check every group element, or only those that permute pixels exactly (90° turns, reflections).",
+    help="Also measure interpolated elements (e.g. 45° in C8; on smooth input, reported, not judged), "
+    "or only the exact ones (90° turns, reflections).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object (max_rel_error, layers, ...).")
 def command(config: str, overrides: tuple[str, ...], tolerance: float, elements: str, as_json: bool) -> None:
-    """Measure max|f(g·x) − g·f(x)| / max|f(x)| over all group elements g, per layer and end to end,
-    for CONFIG's model at random initialisation. Exits with 1 if any error exceeds --tolerance.
+    """Measure max|f(g·x) − g·f(x)| / max|f(x)| over the group elements g, per layer and end to end,
+    for CONFIG's model at random initialisation. Exits with 1 if an error at an exact element
+    (multiple of 90°, reflection) exceeds --tolerance.
     """
     from gcnnkit.config import load_config
     from gcnnkit.evaluation import check_equivariance
@@ -40,26 +42,32 @@ def command(config: str, overrides: tuple[str, ...], tolerance: float, elements:
 
 def _print_table(report) -> None:
     c, h, w = report.image_shape
-    which = "" if report.elements == "all" else ", exact elements only"
     click.echo(
-        f"{report.group} on backend {report.backend}, input [B, {c}, {h}, {w}], tolerance {report.tolerance:g}{which}"
+        f"{report.group} on backend {report.backend}: {report.num_parameters:,} parameters, "
+        f"input [B, {c}, {h}, {w}], tolerance {report.tolerance:g}"
     )
-    rows = [
-        (
-            r.name,
-            f"{r.in_type} -> {r.out_type}",
-            f"{r.max_error:.2e}",
-            (r.max_error and r.worst_element) or "-",
-            "ok" if r.max_error <= report.tolerance else "FAIL",
-        )
-        for r in report.results
-    ]
-    header = ("layer", "types", "max rel err", "worst at", "")
+    show_interp = report.max_interpolated_error is not None
+    rows = []
+    for r in report.results:
+        exact = {g: e for g, e in r.errors.items() if r.exact.get(g, True)}
+        worst_at = max(exact, key=exact.get) if exact and r.max_exact_error else "-"
+        row = [r.name, f"{r.in_type} -> {r.out_type}", f"{r.max_exact_error:.2e}", worst_at]
+        if show_interp:
+            row.append(f"{r.max_interpolated_error:.2e}")
+        row.append("ok" if r.max_exact_error <= report.tolerance else "FAIL")
+        rows.append(tuple(row))
+    header = ["layer", "types", "max rel err", "worst at"]
+    if show_interp:
+        header.append("interpolated (smooth input)")
+    header = (*header, "")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    worst = report.worst
     verdict = "equivariant" if report.passed else "NOT equivariant"
-    click.echo(
-        f"{verdict}: worst relative error {worst.max_error:.2e} in {worst.name} at element {worst.worst_element}"
+    d = report.to_dict()
+    line = (
+        f"{verdict}: worst relative error {report.max_error:.2e} in {d['worst_layer']} at element {d['worst_element']}"
     )
+    if show_interp:
+        line += f"; interpolated elements up to {report.max_interpolated_error:.2e} (not judged)"
+    click.echo(line)
