@@ -11,7 +11,7 @@ from gcnnkit.cli._common import to_json
 @click.option("--json", "as_json", is_flag=True, help="Print {backends: [...], groups: [...]} as JSON.")
 def command(as_json: bool) -> None:
     """List backend and group plugins with their distribution and version; failed ones with the reason."""
-    from gcnnkit.registry import plugin_report
+    from gcnnkit.registry import AUTOLOAD_ENV, autoload_disabled, plugin_report
 
     infos = plugin_report()
     if as_json:
@@ -25,8 +25,13 @@ def command(as_json: bool) -> None:
         )
         return
     if not infos:
-        click.echo("no plugins installed (pip install gcnnkit-native)")
+        if autoload_disabled():
+            click.echo(f"plugin discovery is off ({AUTOLOAD_ENV} is set) and nothing is registered in-process")
+        else:
+            click.echo("no plugins installed (pip install gcnnkit-native)")
         return
+    if autoload_disabled():
+        click.echo(f"plugin discovery is off ({AUTOLOAD_ENV} is set): showing in-process registrations only")
     rows = [(i.kind, i.name, i.origin, _status(i)) for i in infos]
     widths = [max(len(r[k]) for r in [("kind", "name", "from", ""), *rows]) for k in range(3)]
     for row in [("kind", "name", "from", "status"), *rows]:
