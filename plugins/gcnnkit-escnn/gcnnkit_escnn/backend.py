@@ -1,0 +1,155 @@
+"""The escnn backend: gcnnkit's layer interface on escnn's steerable layers.
+
+Options (``model.backend_options``): ``basis: escnn`` (default, escnn's band-limited basis) or
+``basis: complete`` (spans the native backend's tied filter space; see :mod:`gcnnkit_escnn.basis`).
+
+Besides the :class:`~gcnnkit.backend.Backend` interface it offers the weight-transfer hooks
+:meth:`EscnnBackend.export_native_weights` / :meth:`EscnnBackend.import_native_weights` used by
+``gcnnkit compare`` (see :mod:`gcnnkit_escnn.transfer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from gcnnkit.backend import ACTIVATIONS, BACKEND_API_VERSION, Backend
+from gcnnkit.errors import SpecError
+from gcnnkit.fields import FieldType
+from gcnnkit.group import Group
+from gcnnkit_escnn import transfer
+from gcnnkit_escnn.basis import BASES
+from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnGroupPool, EscnnPointwise
+from gcnnkit_escnn.spaces import EscnnGroupError, escnn_group
+
+_GROUP_POOL_MODES = ("max", "mean")
+_SPATIAL_POOL_MODES = ("max", "avg")
+_OPTIONS = {"basis": BASES}
+
+
+class EscnnBackend(Backend):
+    """Layers built from escnn modules, on plain tensors in gcnnkit's layout.
+
+    Supports every group whose ``group.escnn`` names an escnn gspace (``rot2dOnR2`` for C_N,
+    ``flipRot2dOnR2`` for D_N, ``trivialOnR2`` for C1) with the same elements.
+    """
+
+    name = "escnn"
+    api_version = BACKEND_API_VERSION
+
+    def __init__(self, basis: str = "escnn") -> None:
+        if basis not in BASES:
+            raise SpecError(f"model.backend_options.basis: {basis!r} is not allowed; allowed: {', '.join(BASES)}")
+        self.basis = basis
+
+    # ----------------------------------------------------------------- options
+    def with_options(self, **options) -> EscnnBackend:
+        for key, value in options.items():
+            if key not in _OPTIONS:
+                raise SpecError(
+                    f"model.backend_options: backend 'escnn' has no option {key!r}; allowed: {', '.join(_OPTIONS)}"
+                )
+            if not isinstance(value, str) or value not in _OPTIONS[key]:
+                raise SpecError(
+                    f"model.backend_options.{key}: {value!r} is not allowed; allowed: {', '.join(_OPTIONS[key])}"
+                )
+        return EscnnBackend(**{"basis": self.basis, **options})
+
+    # ------------------------------------------------------------------ groups
+    def supports(self, group: Group) -> str | None:
+        try:
+            escnn_group(group)
+        except EscnnGroupError as exc:
+            return str(exc)
+        return None
+
+    # ------------------------------------------------------------ convolutions
+    def lifting_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_fields: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> nn.Module:
+        self.require(group)
+        return EscnnConv(
+            group, "image", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
+        )
+
+    def group_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_fields: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> nn.Module:
+        self.require(group)
+        return EscnnConv(
+            group, "group", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
+        )
+
+    def group_pool(self, group: Group, in_type: FieldType, mode: str = "max") -> nn.Module:
+        if mode not in _GROUP_POOL_MODES:
+            raise SpecError(f"unknown group pooling mode {mode!r}; allowed: {', '.join(_GROUP_POOL_MODES)}")
+        return EscnnGroupPool(group, in_type.channels, mode)
+
+    def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
+        return EscnnBatchNorm(group, in_type.kind, in_type.channels)
+
+    # ----------------------------------------------------------- pointwise layers
+    def activation(self, group: Group, in_type: FieldType, name: str = "relu") -> nn.Module:
+        if name not in ACTIVATIONS:
+            raise SpecError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
+        if in_type.kind == "vector":
+            return super().activation(group, in_type, name)
+        return EscnnPointwise(group, in_type.kind, in_type.channels, name)
+
+    def dropout(self, group: Group, in_type: FieldType, p: float = 0.5) -> nn.Module:
+        if in_type.kind == "vector":
+            return super().dropout(group, in_type, p)
+        return EscnnPointwise(group, in_type.kind, in_type.channels, "dropout", p=p)
+
+    def spatial_pool(
+        self,
+        group: Group,
+        in_type: FieldType,
+        mode: str = "max",
+        kernel_size: int = 2,
+        stride: int | None = None,
+        padding: int = 0,
+    ) -> nn.Module:
+        if mode not in _SPATIAL_POOL_MODES:
+            raise SpecError(f"unknown spatial pooling mode {mode!r}; allowed: {', '.join(_SPATIAL_POOL_MODES)}")
+        return EscnnPointwise(
+            group,
+            in_type.kind,
+            in_type.channels,
+            f"{mode}_pool",
+            kernel_size=kernel_size,
+            stride=stride or kernel_size,
+            padding=padding,
+        )
+
+    # --------------------------------------------------------- weight transfer
+    def export_native_weights(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        """``layer``'s weights in the native backend's format (its layer's ``state_dict``); exact for
+        groups that permute pixels. See :mod:`gcnnkit_escnn.transfer`."""
+        return transfer.export_native_weights(layer)
+
+    def import_native_weights(self, layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
+        """Load native-format weights into ``layer``; returns the relative residual of the least-squares
+        projection onto escnn's basis (~0 with ``basis: complete``)."""
+        return transfer.import_native_weights(layer, state)
+
+    def __repr__(self) -> str:
+        return f"EscnnBackend(basis={self.basis!r})"

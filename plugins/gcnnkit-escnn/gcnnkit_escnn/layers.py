@@ -1,0 +1,438 @@
+"""Layers built from escnn modules that take and return plain tensors in gcnnkit's layout.
+
+Every layer holds the escnn module that does the work (``R2Conv``, ``InnerBatchNorm``,
+``ReLU``/``PointwiseNonLinearity``, ``PointwiseMaxPool2D``/``PointwiseAvgPool2D``,
+``PointwiseDropout``, and a group pooling ``EquivariantModule``) and wraps its tensors in
+``GeometricTensor`` on the way in and out: ``[B, C, |G|, H, W]`` group features are viewed as
+escnn's ``[B, C·|G|, H, W]`` (C regular fields), ``[B, C, H, W]`` images as C trivial fields.
+
+Channel order. Pointwise layers, batch norm (statistics shared by the channels of a field) and
+group pooling do not depend on the order of the channels inside a field, so they never permute
+anything. Convolutions put escnn's regular-representation channels in gcnnkit's element order by
+permuting the rows/columns of the *expanded filter* (once per expansion, cached in eval mode),
+never the activations — and only for groups whose order differs from escnn's
+(:mod:`gcnnkit_escnn.spaces`; for C_N and D_N it does not).
+
+Robustness.
+
+* ``state_dict`` has the same keys and shapes in train and eval mode: the convolution is escnn's
+  ``R2Conv`` without the ``filter``/``expanded_bias`` buffers that escnn registers in eval mode;
+  the eval-mode cache of the expanded filter is a plain attribute, invalidated when the weights
+  change (their version counter), never saved.
+* escnn modules hold objects that cannot be pickled (closures in escnn's groups). Pickling a layer
+  stores its constructor arguments and its escnn modules' state dicts and rebuilds the escnn
+  modules on unpickling (the sampled basis is a buffer in the state dict, so the rebuilt layer
+  computes exactly the same filters). ``copy.deepcopy`` copies parameters and buffers and shares
+  escnn's immutable structure (gspaces, field types, representations, analytic bases).
+* Under ``torch.autocast`` the filter is expanded in the weights' precision and ``conv2d`` runs in
+  the autocast precision.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gcnnkit.group import Group
+from gcnnkit_escnn._compat import enn
+from gcnnkit_escnn.basis import complete_basis
+from gcnnkit_escnn.spaces import escnn_group
+
+GeometricTensor = enn.GeometricTensor
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+#: ``torch.compiler.is_compiling`` (torch >= 2.3), else dynamo's own flag.
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+
+
+# ----------------------------------------------------------------------------- escnn modules
+class _R2Conv(enn.R2Conv):
+    """escnn's ``R2Conv`` without its eval-mode ``filter``/``expanded_bias`` buffers.
+
+    escnn registers them on ``eval()`` and deletes them on ``train()``, so its ``state_dict``
+    changes with the mode. Here ``forward`` always expands the filter; the gcnnkit layer caches it.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("filter", "expanded_bias"):
+            self._buffers.pop(name, None)
+
+    def train(self, mode: bool = True):
+        return nn.Module.train(self, mode)
+
+    def forward(self, input: GeometricTensor) -> GeometricTensor:
+        _filter, _bias = self.expand_parameters()
+        out = F.conv2d(input.tensor, _filter, _bias, self.stride, self.padding, self.dilation, self.groups)
+        return GeometricTensor(out, self.out_type)
+
+    def export(self) -> nn.Conv2d:
+        _filter, _bias = self.expand_parameters()
+        conv = nn.Conv2d(
+            self.in_type.size,
+            self.out_type.size,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=_bias is not None,
+        )
+        conv.weight.data = _filter.detach().clone()
+        if _bias is not None:
+            conv.bias.data = _bias.detach().clone()
+        return conv
+
+
+class _PointwiseFunction(enn.PointwiseNonLinearity):
+    """escnn's pointwise nonlinearity with any ``torch.nn.functional`` function (silu, gelu)."""
+
+    def __init__(self, in_type, function: str) -> None:
+        super().__init__(in_type, "p_relu")
+        self.function_name = function
+        self._function = getattr(F, function)
+
+
+class _AvgPool2D(enn.PointwiseAvgPool2D):
+    """escnn's pointwise average pooling, not counting zero padding (like gcnnkit's native pooling)."""
+
+    def forward(self, input: GeometricTensor) -> GeometricTensor:
+        assert input.type == self.in_type
+        out = F.avg_pool2d(
+            input.tensor, self.kernel_size, self.stride, self.padding, self.ceil_mode, count_include_pad=False
+        )
+        return GeometricTensor(out, self.out_type)
+
+
+class _GroupPooling(enn.EquivariantModule):
+    """Max or mean over the channels of each regular field: C regular fields → C trivial fields.
+
+    Like escnn's ``GroupPooling``, but with ``amax``/``mean`` (no ``torch.max`` indices).
+    """
+
+    def __init__(self, in_type, mode: str = "max") -> None:
+        super().__init__()
+        self.space = in_type.gspace
+        self.in_type = in_type
+        self.out_type = enn.FieldType(in_type.gspace, [in_type.gspace.trivial_repr] * len(in_type))
+        self.mode = mode
+        self._size = in_type.representations[0].size
+
+    def forward(self, input: GeometricTensor) -> GeometricTensor:
+        assert input.type == self.in_type
+        t = input.tensor
+        fields = t.reshape(t.shape[0], len(self.in_type), self._size, *t.shape[2:])
+        out = fields.amax(dim=2) if self.mode == "max" else fields.mean(dim=2)
+        return GeometricTensor(out, self.out_type)
+
+    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (input_shape[0], len(self.in_type), *input_shape[2:])
+
+
+# ----------------------------------------------------------------------------- gcnnkit layers
+class EscnnLayer(nn.Module):
+    """Base of the layers: plain tensors in and out, escnn modules inside (see the module docstring).
+
+    Subclasses set :attr:`escnn_children` and implement :meth:`_build` (which creates those
+    children from the layer's plain attributes; ``initialize=False`` when a state dict follows).
+    """
+
+    escnn_children: tuple[str, ...] = ()
+
+    def _build(self, initialize: bool) -> None:
+        raise NotImplementedError
+
+    @property
+    def escnn_group(self):
+        return escnn_group(self.group)
+
+    # pickling: rebuild escnn modules from the constructor arguments, then load their state
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        modules = dict(state["_modules"])
+        saved = {}
+        for name in self.escnn_children:
+            module = modules.pop(name)
+            saved[name] = (module.state_dict(), module.training)
+        state["_modules"] = modules
+        state["_escnn_saved"] = saved
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        saved = state.pop("_escnn_saved", {})
+        super().__setstate__(state)
+        self._build(initialize=False)
+        for name, (module_state, training) in saved.items():
+            module = getattr(self, name)
+            module.load_state_dict(module_state)
+            module.train(training)
+
+    def __deepcopy__(self, memo: dict) -> EscnnLayer:
+        # escnn's structure (gspaces, field types, representations, analytic bases, index
+        # bookkeeping) is immutable after construction: share it; copy parameters and buffers.
+        for name in self.escnn_children:
+            for module in getattr(self, name).modules():
+                for key, value in vars(module).items():
+                    if key not in _MODULE_INTERNALS and not isinstance(value, torch.Tensor):
+                        memo.setdefault(id(value), value)
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = None if key == "_cache" else copy.deepcopy(value, memo)
+        return new
+
+
+def _as_fields(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, |G|, H, W]`` → ``[B, C·|G|, H, W]`` (a view); images unchanged."""
+    return x.flatten(1, 2) if x.ndim == 5 else x
+
+
+class EscnnConv(EscnnLayer):
+    """Lifting (``in_kind="image"``) or group (``in_kind="group"``) convolution: escnn's ``R2Conv``
+    between trivial/regular input fields and ``out_fields`` regular fields.
+
+    ``[B, C_in, H, W]`` or ``[B, C_in, |G|, H, W]`` → ``[B, out_fields, |G|, H', W']``.
+    """
+
+    escnn_children = ("conv",)
+
+    def __init__(
+        self,
+        group: Group,
+        in_kind: str,
+        in_channels: int,
+        out_fields: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+        basis: str = "escnn",
+    ) -> None:
+        super().__init__()
+        self.group, self.in_kind = group, in_kind
+        self.in_channels, self.out_fields = in_channels, out_fields
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.has_bias, self.basis = bias, basis
+        self._cache: tuple | None = None
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        eg = self.escnn_group
+        in_type = eg.field_type(self.in_kind, self.in_channels)
+        out_type = eg.field_type("group", self.out_fields)
+        kwargs = {}
+        if self.basis == "complete":
+            choice = complete_basis(
+                eg.gspace, in_type.representations[0], eg.regular_repr, self.kernel_size, self.dilation
+            )
+            kwargs = choice.conv_kwargs()
+        # recompute=False: escnn shares one sampled basis between equal layers; make it private
+        # so that loading one model's state dict never changes another model's basis.
+        self.conv = _R2Conv(
+            in_type,
+            out_type,
+            self.kernel_size,
+            padding=self.padding,
+            stride=self.stride,
+            dilation=self.dilation,
+            bias=self.has_bias,
+            initialize=False,
+            **kwargs,
+        )
+        _private_basis(self.conv)
+        if initialize:
+            enn.init.generalized_he_init(self.conv.weights.data, self.conv.basisexpansion)
+        out_index = eg.channel_index(self.out_fields)
+        in_index = eg.channel_index(self.in_channels) if self.in_kind == "group" else None
+        self.register_buffer("out_index", out_index, persistent=False)
+        self.register_buffer("in_index", in_index, persistent=False)
+
+    # ------------------------------------------------------------------ filters
+    def expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Expanded filter ``[out_fields·|G|, C_in(·|G|), k, k]`` and bias, channels in gcnnkit's order."""
+        weights = self.conv.weights
+        with torch.autocast(device_type=weights.device.type, enabled=False):
+            _filter, _bias = self.conv.expand_parameters()
+        if self.out_index is not None:
+            _filter = _filter.index_select(0, self.out_index)
+            _bias = None if _bias is None else _bias.index_select(0, self.out_index)
+        if self.in_index is not None:
+            _filter = _filter.index_select(1, self.in_index)
+        return _filter, _bias
+
+    def _expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`expand`, cached in eval mode without autograd (recomputed when the weights change;
+        bypassed while ``torch.compile`` traces, so that graphs have no side effects)."""
+        if self.training or torch.is_grad_enabled() or _is_compiling():
+            self._cache = None
+            return self.expand()
+        sources = [t for t in (self.conv.weights, self.conv.bias, _block(self.conv).sampled_basis) if t is not None]
+        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
+        if self._cache is None or self._cache[0] != key:
+            # the cache keeps the source tensors alive: a replacement tensor (`.data =`, load_state_dict
+            # with assign=True) cannot reuse a freed address with version 0 and match the key
+            self._cache = (key, self.expand(), [t.detach() for t in sources])
+        return self._cache[1]
+
+    def filter_bank(self) -> torch.Tensor:
+        """``[out_fields·|G|, C_in(·|G|), k, k]``: the expanded filter in gcnnkit's channel order
+        (output channel ``o·|G| + h``, input channel ``c·|G| + g``), as the native layers'."""
+        return self._expanded()[0]
+
+    def expanded_bias(self) -> torch.Tensor | None:
+        """``[out_fields·|G|]`` bias (constant over each field's channels), or ``None``."""
+        return self._expanded()[1]
+
+    def export_plain(self) -> nn.Conv2d:
+        """The layer as an ``nn.Conv2d`` on the flattened layout ``[B, C·|G|, H, W]`` (gcnnkit export hook)."""
+        _filter, _bias = self.expand()
+        conv = nn.Conv2d(
+            _filter.shape[1],
+            _filter.shape[0],
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=_bias is not None,
+        ).to(device=_filter.device, dtype=_filter.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(_filter)
+            if _bias is not None:
+                conv.bias.copy_(_bias)
+        return conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _filter, _bias = self._expanded()
+        y = F.conv2d(_as_fields(x), _filter, _bias, self.stride, self.padding, self.dilation)
+        return y.unflatten(1, (self.out_fields, self.group.order))
+
+    @property
+    def basis_dimension(self) -> int:
+        """Number of basis elements per pair of fields."""
+        return _block(self.conv).dimension()
+
+    def extra_repr(self) -> str:
+        return (
+            f"group={self.group.name}, in={self.in_kind}[{self.in_channels}], out_fields={self.out_fields}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, bias={self.has_bias}, basis={self.basis} "
+            f"({self.basis_dimension} per field pair)"
+        )
+
+
+def _block(conv: enn.R2Conv):
+    """The single block expansion of a convolution between homogeneous field types."""
+    expansion = conv.basisexpansion
+    pairs = expansion._representations_pairs
+    if len(pairs) != 1:
+        raise ValueError(f"expected one kind of input and output field, got {pairs}")
+    return getattr(expansion, f"block_expansion_{expansion._escape_pair(pairs[0])}")
+
+
+def _private_basis(conv: enn.R2Conv) -> None:
+    """Give ``conv`` its own copy of escnn's (process-wide shared) sampled basis module."""
+    expansion = conv.basisexpansion
+    for name, block in list(expansion.named_children()):
+        private = copy.copy(block)
+        for key in _MODULE_INTERNALS:  # no nn.Module bookkeeping shared with the cached module
+            value = getattr(block, key)
+            if isinstance(value, (dict, set)):
+                object.__setattr__(private, key, copy.copy(value))
+        private._buffers = {k: (None if v is None else v.clone()) for k, v in block._buffers.items()}
+        setattr(expansion, name, private)
+
+
+class EscnnBatchNorm(EscnnLayer):
+    """escnn's ``InnerBatchNorm``: one mean/variance/affine per field, shared by its ``|G|`` channels."""
+
+    escnn_children = ("bn",)
+
+    def __init__(self, group: Group, kind: str, channels: int) -> None:
+        super().__init__()
+        self.group, self.kind, self.channels = group, kind, channels
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        self.bn = enn.InnerBatchNorm(self.escnn_group.field_type(self.kind, self.channels))
+        if len(self.bn._contiguous) != 1 or not all(self.bn._contiguous.values()):
+            raise ValueError("InnerBatchNorm over fields of one size expected")
+
+    @property
+    def batch_norm(self) -> nn.modules.batchnorm._BatchNorm:
+        """The torch batch norm inside escnn's module (one entry per field)."""
+        (module,) = self.bn.children()
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # InnerBatchNorm's own computation for one contiguous block of equal fields (always the case
+        # here): its torch batch norm on [B, fields, field size, H, W], without the copy into a
+        # preallocated output that InnerBatchNorm.forward makes (8% of a D4 forward pass).
+        fields = x if x.ndim == 5 else x.unsqueeze(2)
+        return self.batch_norm(fields).view(x.shape)
+
+
+class EscnnPointwise(EscnnLayer):
+    """A channel-wise escnn module (nonlinearity, spatial pooling, dropout) on image or group features."""
+
+    escnn_children = ("module",)
+    _ACTIVATIONS = {
+        "relu": lambda t: enn.ReLU(t),
+        "elu": lambda t: enn.ELU(t),
+        "leaky_relu": lambda t: enn.LeakyReLU(t, negative_slope=0.01),
+        "tanh": lambda t: enn.PointwiseNonLinearity(t, "p_tanh"),
+        "sigmoid": lambda t: enn.PointwiseNonLinearity(t, "p_sigmoid"),
+        "silu": lambda t: _PointwiseFunction(t, "silu"),
+        "gelu": lambda t: _PointwiseFunction(t, "gelu"),
+    }
+
+    def __init__(self, group: Group, kind: str, channels: int, op: str, **params: Any) -> None:
+        super().__init__()
+        self.group, self.kind, self.channels, self.op, self.params = group, kind, channels, op, dict(params)
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        ftype = self.escnn_group.field_type(self.kind, self.channels)
+        p = self.params
+        if self.op in self._ACTIVATIONS:
+            self.module = self._ACTIVATIONS[self.op](ftype)
+        elif self.op == "max_pool":
+            self.module = enn.PointwiseMaxPool2D(ftype, p["kernel_size"], p["stride"], p["padding"])
+        elif self.op == "avg_pool":
+            self.module = _AvgPool2D(ftype, p["kernel_size"], p["stride"], p["padding"])
+        elif self.op == "dropout":
+            self.module = enn.PointwiseDropout(ftype, p["p"])
+        else:
+            raise ValueError(f"unknown pointwise operation {self.op!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.module(GeometricTensor(_as_fields(x), self.module.in_type)).tensor
+        return y.unflatten(1, x.shape[1:3]) if x.ndim == 5 else y
+
+    def extra_repr(self) -> str:
+        params = "".join(f", {k}={v}" for k, v in self.params.items())
+        return f"op={self.op}, {self.kind}[{self.channels}]{params}"
+
+
+class EscnnGroupPool(EscnnLayer):
+    """``[B, C, |G|, H, W] → [B, C, H, W]``: max or mean over each regular field (invariant)."""
+
+    escnn_children = ("pool",)
+
+    def __init__(self, group: Group, channels: int, mode: str = "max") -> None:
+        super().__init__()
+        self.group, self.channels, self.mode = group, channels, mode
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        self.pool = _GroupPooling(self.escnn_group.field_type("group", self.channels), self.mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(GeometricTensor(_as_fields(x), self.pool.in_type)).tensor
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, fields={self.channels}"
