@@ -538,9 +538,9 @@ def format_report(report: CompareReport) -> list[str]:
     lines.append(
         f"time {b}/{a} (batch {t['batch']}, {t['clock']} clock, median of {t['repeats']}): "
         f"forward {t['forward_ratio']:.2f}x "
-        f"({t[a]['forward_ms']:.1f} vs {t[b]['forward_ms']:.1f} ms), forward+backward "
+        f"({b} {t[b]['forward_ms']:.1f} ms, {a} {t[a]['forward_ms']:.1f} ms), forward+backward "
         f"{t['forward_backward_ratio']:.2f}x "
-        f"({t[a]['forward_backward_ms']:.1f} vs {t[b]['forward_backward_ms']:.1f} ms)"
+        f"({b} {t[b]['forward_backward_ms']:.1f} ms, {a} {t[a]['forward_backward_ms']:.1f} ms)"
     )
     exact = ", ".join(report.exact_transfers) or "none"
     lines.append(f"transfers exact by construction (judged): {exact}")
