@@ -15,6 +15,12 @@ reproducible: data order, augmentation and dropout of epoch ``e`` come from gene
 with ``(seed, e)``, so on CPU an interrupted run resumed to the end has the same weights as an
 uninterrupted one. Learning-rate schedules are a closed form of the step and of
 ``train.epochs``; extending a finished run with more epochs therefore stretches its schedule.
+
+Under ``torchrun --nproc_per_node=N`` the same :func:`train` runs data-parallel in N processes
+(``DistributedDataParallel``; the plumbing is in :mod:`gcnnkit.distributed`, the user's guide in
+``docs/distributed.md``): ``train.batch_size`` stays the batch of one optimiser step, shared
+by the processes; metrics are summed across them; rank 0 alone logs and writes the run
+directory, whose checkpoint is the same as a single process's (the plain model's state dict).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from gcnnkit import distributed
 from gcnnkit.config import Config, config_differences, load_config
 from gcnnkit.data import Dataset, DatasetInfo, augment_batch, dataset_info, load_dataset
 from gcnnkit.errors import ConfigError, GcnnkitError, SpecError
@@ -356,29 +363,67 @@ def train(
         log: called with one line per epoch and a last line summarising the run; ``None``
             silences them. A tqdm bar per epoch goes to stderr when it is a terminal.
 
+    Under ``torchrun`` every process calls this; they train one model data-parallel
+    (:mod:`gcnnkit.distributed`, ``docs/distributed.md``). Rank 0 alone logs, shows the bar and
+    writes the run directory; every process returns the same summary.
+
     Raises:
         GcnnkitError: bad config, plugin, data, or run directory (one-line message).
     """
-    from gcnnkit.evaluation import evaluate
-
     config = config if isinstance(config, Config) else load_config(config)
-    log = log or (lambda line: None)
-    checkpoint = None
-    if resume:
-        if out_dir is None:
-            raise ConfigError("--resume needs --out RUN_DIR, the run to continue")
-        run_dir = Path(out_dir)
-        config, checkpoint = _resume_state(config, run_dir)
+    if distributed.launched():
+        device = distributed.resolve_device(config.device)  # cuda:LOCAL_RANK
     else:
-        run_dir = new_run_dir(config, out_dir)
+        device = resolve_device(config.device)
+    ctx = distributed.setup(device)
+    try:
+        summary = _train(config, out_dir, resume, device, ctx, (log or _silent) if ctx.is_main else _silent)
+    except BaseException:
+        distributed.abandon(ctx)
+        raise
+    distributed.teardown(ctx)  # waits until rank 0 has written everything
+    return summary
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+def _open_run(config: Config, out_dir: str | Path | None, resume: bool) -> tuple[Path, Config, dict[str, Any] | None]:
+    """The run directory, the config to train (the stored one on resume) and the checkpoint to resume from."""
+    if not resume:
+        return new_run_dir(config, out_dir), config, None
+    if out_dir is None:
+        raise ConfigError("--resume needs --out RUN_DIR, the run to continue")
+    run_dir = Path(out_dir)
+    config, checkpoint = _resume_state(config, run_dir)
+    return run_dir, config, checkpoint
+
+
+def _train(
+    config: Config,
+    out_dir: str | Path | None,
+    resume: bool,
+    device: torch.device,
+    ctx: distributed.Context,
+    log: Callable[[str], None],
+) -> RunSummary:
+    main = ctx.is_main  # only rank 0 touches the run directory; the others learn its outcome from it
+    run_dir, config, checkpoint = distributed.on_main(lambda: _open_run(config, out_dir, resume), ctx)
     started = time.perf_counter()
 
-    device = resolve_device(config.device)
     precision = _Precision(config.train.mixed_precision, device)
+    if config.train.batch_size < ctx.world_size:
+        raise ConfigError(
+            f"train.batch_size: {config.train.batch_size} is the batch of one step over all {ctx.world_size} "
+            f"processes; give at least {ctx.world_size}"
+        )
     seed_everything(config.seed)
     model = build_model_from_config(config).to(device)  # before loading data: config errors come first
-    data = load_dataset(config.data, seed=config.seed).to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config error leaves no empty run dir behind
+    with distributed.rank_zero_first(ctx):  # a download happens once per file system
+        data = load_dataset(config.data, seed=config.seed).to(device)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config error leaves no empty run dir behind
     optimizer = make_optimizer(config, model.parameters())
     steps_per_epoch = math.ceil(len(data.train) / config.train.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))
@@ -386,14 +431,18 @@ def train(
     if checkpoint is not None:
         _restore(checkpoint, model, optimizer, scheduler, precision)
         first_epoch, elapsed_before = checkpoint["epoch"] + 1, checkpoint["elapsed_s"]
-        metrics = [m for m in read_metrics(run_dir) if m["epoch"] < first_epoch]  # drop epochs not checkpointed
-        _write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
+        if main:
+            metrics = [m for m in read_metrics(run_dir) if m["epoch"] < first_epoch]  # drop epochs not checkpointed
+            _write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
         log(f"resuming {run_dir} after epoch {checkpoint['epoch']} of {config.train.epochs}")
-    _write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
+    if main:
+        _write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
+    net = distributed.wrap(model, ctx, device, data.info.image_shape)  # `model` itself in a single process
+    where = str(device) if not ctx.enabled else f"{device.type} x{ctx.world_size}"
     log(
         f"{config.model.group} {config.model.backend} {config.model.preset or 'custom layers'}: "
         f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train / {len(data.test)} test, "
-        f"{device}, run dir {run_dir}"
+        f"{where}, run dir {run_dir}"
     )
 
     record: dict[str, Any] = {}
@@ -402,11 +451,13 @@ def train(
         for epoch in range(first_epoch, config.train.epochs + 1):
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            loss, acc = _train_epoch(model, data, config, epoch, optimizer, scheduler, precision, device)
-            accuracy = evaluate(
+            loss, acc = _train_epoch(net, data, config, epoch, optimizer, scheduler, precision, device, ctx)
+            distributed.sync_state(model, ctx)  # every process evaluates the weights rank 0 saves
+            accuracy = distributed.evaluate(
                 model,
                 data.test,
                 config.eval.protocols,
+                ctx,
                 mean=data.mean,
                 std=data.std,
                 rotation_seed=config.eval.rotation_seed,
@@ -414,12 +465,13 @@ def train(
             )
             record = {"epoch": epoch, "train_loss": loss, "train_acc": acc}
             record.update({f"test_{p}": a for p, a in accuracy.items()})
-            record.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0, "device": str(device)})
-            with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            state = _checkpoint_state(epoch, config, data, model, optimizer, scheduler, precision)
-            state["elapsed_s"] = elapsed_before + time.perf_counter() - started
-            save_checkpoint(run_dir / CHECKPOINT_FILE, state)
+            record.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0, "device": where})
+            if main:
+                with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                state = _checkpoint_state(epoch, config, data, model, optimizer, scheduler, precision)
+                state["elapsed_s"] = elapsed_before + time.perf_counter() - started
+                save_checkpoint(run_dir / CHECKPOINT_FILE, state)
             done = epoch
             tests = "  ".join(f"{p} {a:.4f}" for p, a in accuracy.items())
             log(
@@ -434,14 +486,14 @@ def train(
         raise
 
     if not record:  # resumed a finished run without adding epochs
-        record = read_metrics(run_dir)[-1]
+        record = distributed.on_main(lambda: read_metrics(run_dir)[-1], ctx)
     summary = RunSummary(
         run_dir=str(run_dir),
         epochs=config.train.epochs,
         params=model.num_parameters(),
         accuracy={p: record[f"test_{p}"] for p in config.eval.protocols},
         wall_time_s=elapsed_before + time.perf_counter() - started,
-        device=str(device),
+        device=where,
         seed=config.seed,
         backend=config.model.backend,
         group=config.model.group,
@@ -451,7 +503,8 @@ def train(
         train_acc=record["train_acc"],
         versions=_versions(),
     )
-    _write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+    if main:
+        _write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
     log(summary.line())
     return summary
 
@@ -504,11 +557,16 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     precision: _Precision,
     device: torch.device,
+    ctx: distributed.Context = distributed.SINGLE,
 ) -> tuple[float, float]:
-    """One pass over the training set; returns (mean loss, accuracy)."""
+    """One pass over the training set; returns (mean loss, accuracy) over all of it.
+
+    ``train.batch_size`` is the global batch of one step: every process draws the same order and
+    augmentation, then trains on its share of the batch (:func:`gcnnkit.distributed.shard`).
+    """
     seed = epoch_seed(config.seed, epoch)
-    torch.manual_seed(seed)  # dropout
-    gen = torch.Generator().manual_seed(seed)  # order and augmentation
+    torch.manual_seed(seed if ctx.rank == 0 else epoch_seed(seed, ctx.rank))  # dropout: a stream per process
+    gen = torch.Generator().manual_seed(seed)  # order and augmentation: the same on every process
     criterion = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
     n, batch = len(data.train), config.train.batch_size
     order = torch.randperm(n, generator=gen).to(device)
@@ -519,25 +577,29 @@ def _train_epoch(
         range(0, n, batch),
         desc=f"epoch {epoch}/{config.train.epochs}",
         leave=False,
-        disable=None,
+        disable=None if ctx.is_main else True,
         file=sys.stderr,
         unit="batch",
     )
     for start in bar:
         idx = order[start : start + batch]
-        x = data.normalise(augment_batch(data.train.images[idx], config.data.augment, gen))
-        y = data.train.labels[idx]
+        part, weight = distributed.shard(len(idx), ctx)
+        # augment the whole global batch, so the generator advances alike everywhere; keep this process's part
+        x = data.normalise(augment_batch(data.train.images[idx], config.data.augment, gen)[part])
+        y = data.train.labels[idx][part]
         with precision.autocast():
             logits = model(x)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        precision.step(loss, optimizer)
+        precision.step(loss * weight, optimizer)  # weight 1 in a single process
         scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(dim=1) == y).sum()
+        if weight:  # 0: a stand-in sample that only keeps this process in step
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(dim=1) == y).sum()
         if bar.disable is False:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    return loss_sum.item() / n, correct.item() / n
+    loss_total, correct_total = distributed.all_sum([loss_sum, correct], ctx, device)
+    return loss_total / n, correct_total / n
 
 
 def _versions() -> dict[str, str]:
