@@ -21,7 +21,9 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {' '.join(self.format_message().splitlines())}", err=True, file=file)
+        # under torchrun every process fails with the same error: only rank 0 prints it
+        if os.environ.get("RANK", "0") == "0":
+            click.echo(f"error: {' '.join(self.format_message().splitlines())}", err=True, file=file)
 
 
 class CommandGroup(click.Group):
