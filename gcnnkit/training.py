@@ -64,7 +64,7 @@ class RunSummary:
     epochs: int
     params: int
     accuracy: dict[str, float]  # protocol -> test accuracy after the last epoch
-    wall_time_s: float  # training + evaluation time, summed over resumed sessions
+    wall_time_s: float  # from the start of train(): build, data, training, evaluation; summed over resumes
     device: str
     seed: int
     backend: str
@@ -301,7 +301,7 @@ def new_run_dir(config: Config, out_dir: str | Path | None = None) -> Path:
     """``out_dir`` (must not hold a run yet), or ``runs/<config-stem>-<YYYYmmdd-HHMMSS>``; not created yet."""
     if out_dir is not None:
         run_dir = Path(out_dir)
-        if (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
+        if (run_dir / CHECKPOINT_FILE).exists():  # a run stopped before its first epoch may start afresh
             raise ConfigError(
                 f"--out {run_dir}: already holds a run; add --resume to continue it or choose a new folder"
             )
@@ -326,7 +326,9 @@ def _resume_state(config: Config, run_dir: Path) -> tuple[Config, dict[str, Any]
     if not (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"--resume: {run_dir} is not a run directory (no {CONFIG_FILE})")
     if not (run_dir / CHECKPOINT_FILE).exists():
-        raise ConfigError(f"--resume: {run_dir} has no {CHECKPOINT_FILE} (no epoch completed); start it afresh")
+        raise ConfigError(
+            f"--resume: {run_dir} has no {CHECKPOINT_FILE} (no epoch completed); start it afresh without --resume"
+        )
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
     stored = Config.from_dict(checkpoint["config"], source=config.source)
     diffs = [d for d in config_differences(stored.to_dict(), config.to_dict()) if d[0] != "train.epochs"]
@@ -430,6 +432,10 @@ def _train(
     first_epoch, elapsed_before = 1, 0.0
     if checkpoint is not None:
         _restore(checkpoint, model, optimizer, scheduler, precision)
+        # the optimizer holds the rate of the last step taken; with more epochs the schedule has
+        # stretched, so the next step's rate must come from the schedule, not the checkpoint
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * lr_factor(config, scheduler.last_epoch, steps_per_epoch)
         first_epoch, elapsed_before = checkpoint["epoch"] + 1, checkpoint["elapsed_s"]
         if main:
             metrics = [m for m in read_metrics(run_dir) if m["epoch"] < first_epoch]  # drop epochs not checkpointed

@@ -261,6 +261,33 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, how):
     assert resumed.accuracy == straight.accuracy
 
 
+def test_extending_a_finished_cosine_run_continues_on_the_stretched_schedule(tmp_path):
+    """The first step after extending a run takes the stretched schedule's rate, not the old
+    schedule's final rate (0 for cosine), which the optimizer state would otherwise keep."""
+    train(tiny(train={"schedule": "cosine", "epochs": 1}), tmp_path / "run", log=None)
+    extended = tiny(train={"schedule": "cosine", "epochs": 3})
+    train(extended, tmp_path / "run", resume=True, log=None)
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    steps = math.ceil(extended.data.train_size / extended.train.batch_size)
+    assert metrics[1]["lr"] == pytest.approx(extended.train.lr * lr_factor(extended, steps, steps))
+    assert metrics[1]["lr"] > 0.0
+
+
+def test_a_run_stopped_before_its_first_epoch_can_start_afresh(tmp_path):
+    def stop_at_start(line: str) -> None:
+        if "run dir" in line:  # the first line, logged before any epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(train={"epochs": 1}), tmp_path / "run", log=stop_at_start)
+    assert (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / CHECKPOINT_FILE).exists()
+    with pytest.raises(ConfigError, match="start it afresh without --resume"):
+        train(tiny(train={"epochs": 1}), tmp_path / "run", resume=True, log=None)
+    summary = train(tiny(train={"epochs": 1}), tmp_path / "run", log=None)
+    assert (tmp_path / "run" / CHECKPOINT_FILE).exists() and summary.accuracy
+
+
 def test_resume_drops_metrics_of_epochs_without_checkpoint(tiny_run_copy):
     with open(tiny_run_copy / "metrics.jsonl", "a") as f:  # a crash after logging epoch 3, before its checkpoint
         f.write(json.dumps({"epoch": 3, "train_loss": 0.0}) + "\n")
