@@ -16,7 +16,7 @@ from gcnnkit.cli._common import set_option, to_json
 @click.option(
     "--sizes",
     default=None,
-    help="Comma-separated image sizes (square). Default: 28,64 for presets, the data set's size for a CONFIG.",
+    help="Comma-separated image sizes (square). Default: a CONFIG's data size; a preset's published size, else 28,64.",
 )
 @click.option("--repeats", type=int, default=DEFAULT_REPEATS, show_default=True, help="Interleaved timed repetitions.")
 @click.option(
@@ -24,8 +24,14 @@ from gcnnkit.cli._common import set_option, to_json
     default=None,
     help="Comma-separated backends. Default: every installed one (presets) or the CONFIG's backend.",
 )
-@click.option("--presets", default=None, help="Comma-separated presets to bench without CONFIG (default: all).")
-@click.option("--group", default=DEFAULT_GROUP, show_default=True, help="Group of the presets (without CONFIG).")
+@click.option(
+    "--presets",
+    default=None,
+    help="Comma-separated presets to bench without CONFIG, or 'all' (default: gcnn-small,gcnn-tiny).",
+)
+@click.option(
+    "--group", default=None, help=f"Group of the presets (default: the preset's published group, else {DEFAULT_GROUP})."
+)
 @click.option(
     "--min-time",
     type=float,
@@ -55,7 +61,7 @@ def command(
     min_time: float,
     backends: str | None,
     presets: str | None,
-    group: str,
+    group: str | None,
     per_layer: bool,
     export: bool,
     clock: str,
@@ -68,7 +74,7 @@ def command(
     ([B, C·|G|, H, W]; same pooling, batch norm, activations). Repetitions are interleaved; times are
     medians and ratios (time / floor time) medians of per-repetition ratios.
 
-    Without CONFIG, benches the presets on every installed backend.
+    Without CONFIG, benches gcnnkit's presets (gcnn-small, gcnn-tiny) on every installed backend.
 
     \b
     Examples:
@@ -104,7 +110,6 @@ def command(
             raise GcnnkitError(
                 "no backend is installed; install gcnnkit-native (pip install -e plugins/gcnnkit-native)"
             )
-        size_list = size_list or [28, 64]
     report = run_bench(
         cases,
         device=dev,

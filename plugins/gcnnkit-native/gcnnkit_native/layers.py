@@ -3,6 +3,12 @@
 Each convolution stores its weights in tied form (one filter per field pair; ``state_dict``
 is the same in train and eval mode), expands them to the full ``|G|``-fold filter bank with
 one gather (or one ``einsum`` for interpolated groups), and runs a single ``conv2d``.
+
+For exact groups the gather is one ``index_select`` with indices precomputed in the bank's
+final ``[C_out·|G|, C_in(·|G|), k, k]`` order (no permute copy; its backward is one
+``index_add``). In eval mode without grad the bank and the per-channel bias are cached until
+the weights change; under ``torch.compile`` the cache is bypassed so graphs have no side
+effects. ``export_plain()`` returns the layer as an ``nn.Conv2d`` (see :mod:`gcnnkit.export`).
 """
 
 from __future__ import annotations
@@ -16,12 +22,26 @@ from torch import nn
 from gcnnkit.group import Group
 from gcnnkit_native.filters import disc_mask, group_conv_indices, interpolation_matrices, pixel_permutations
 
+#: ``torch.compiler.is_compiling`` (torch >= 2.3), else dynamo's own flag.
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
 
 class _GroupConvBase(nn.Module):
     """Shared machinery: conv hyper-parameters, bias per field, eval-mode filter-bank cache."""
 
-    def __init__(self, group: Group, in_channels: int, out_fields: int, kernel_size: int, stride: int,
-                 padding: int, dilation: int, bias: bool, weight_shape: tuple[int, ...], fan_in: int) -> None:
+    def __init__(
+        self,
+        group: Group,
+        in_channels: int,
+        out_fields: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        bias: bool,
+        weight_shape: tuple[int, ...],
+        fan_in: int,
+    ) -> None:
         super().__init__()
         self.group = group
         self.in_channels, self.out_fields = in_channels, out_fields
@@ -30,33 +50,76 @@ class _GroupConvBase(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_fields)) if bias else None
         if not group.exact:
             self.register_buffer("mask", disc_mask(kernel_size), persistent=False)
-        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def _expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Filter bank and per-channel bias; cached in eval mode without grad (not while compiling)."""
+        if _is_compiling():
+            return self._expand(), self._expand_bias()
+        if self.training or torch.is_grad_enabled():
+            self._cache = None
+            return self._expand(), self._expand_bias()
+        w, b = self.weight, self.bias
+        key = (w._version, w.data_ptr(), w.device, w.dtype)
+        if b is not None:
+            key += (b._version, b.data_ptr())
+        if self._cache is None or self._cache[0] != key:
+            # Keep the cached weight's (and bias's) storage alive: otherwise a replacement weight (`.data =`,
+            # load_state_dict(assign=True)) can get the freed address and version 0, matching the key.
+            self._cache = (key, self._expand(), self._expand_bias(), w.detach(), None if b is None else b.detach())
+        return self._cache[1], self._cache[2]
 
     def filter_bank(self) -> torch.Tensor:
         """``[out_fields·|G|, in_channels_total, k, k]`` expanded filters (cached in eval mode)."""
-        if self.training or torch.is_grad_enabled():
-            self._cache = None
-            return self._expand()
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.weight.dtype)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._expand())
-        return self._cache[1]
+        return self._expanded()[0]
+
+    def expanded_bias(self) -> torch.Tensor | None:
+        """``[out_fields·|G|]``: each field's bias repeated over its ``|G|`` channels (or ``None``)."""
+        return self._expanded()[1]
 
     def _expand(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def _expand_bias(self) -> torch.Tensor | None:
+        if self.bias is None or self.group.order == 1:
+            return self.bias
+        return self.bias.repeat_interleave(self.group.order)
+
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.repeat_interleave(self.group.order)
-        return F.conv2d(x, self.filter_bank(), bias, self.stride, self.padding, self.dilation)
+        bank, bias = self._expanded()
+        return F.conv2d(x, bank, bias, self.stride, self.padding, self.dilation)
+
+    def export_plain(self) -> nn.Conv2d:
+        """This layer as a plain ``nn.Conv2d`` on the flattened layout (``[B, C·|G|, H, W]``), with
+        a copy of the current filter bank and bias; the export hook of :mod:`gcnnkit.export`."""
+        with torch.no_grad():
+            bank, bias = self._expand().detach().clone(), self._expand_bias()
+            conv = nn.Conv2d(
+                bank.shape[1],
+                bank.shape[0],
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.dilation,
+                bias=bias is not None,
+                device=bank.device,
+                dtype=bank.dtype,
+            )
+            conv.weight.copy_(bank)
+            if bias is not None:
+                conv.bias.copy_(bias)
+        return conv
 
     def train(self, mode: bool = True):
         self._cache = None
         return super().train(mode)
 
     def extra_repr(self) -> str:
-        return (f"group={self.group.name}, in={self.in_channels}, out_fields={self.out_fields}, "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, bias={self.bias is not None}")
+        return (
+            f"group={self.group.name}, in={self.in_channels}, out_fields={self.out_fields}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, bias={self.bias is not None}"
+        )
 
 
 class LiftingConv(_GroupConvBase):
@@ -66,24 +129,47 @@ class LiftingConv(_GroupConvBase):
     Weight ``[C_out, C_in, k, k]``.
     """
 
-    def __init__(self, group: Group, in_channels: int, out_fields: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self,
+        group: Group,
+        in_channels: int,
+        out_fields: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> None:
         k = kernel_size
-        super().__init__(group, in_channels, out_fields, k, stride, padding, dilation, bias,
-                         (out_fields, in_channels, k, k), in_channels * k * k)
+        super().__init__(
+            group,
+            in_channels,
+            out_fields,
+            k,
+            stride,
+            padding,
+            dilation,
+            bias,
+            (out_fields, in_channels, k, k),
+            in_channels * k * k,
+        )
         if group.exact:
-            self.register_buffer("perm", pixel_permutations(group, k), persistent=False)  # [G, kk]
+            perm = pixel_permutations(group, k)  # [G, kk]
+            self.register_buffer("perm", perm, persistent=False)
+            # bank[o·G + h, c, p] = w[o, c·kk + perm[h, p]]: one index_select in the bank's order
+            gather = torch.arange(in_channels)[None, :, None] * (k * k) + perm[:, None, :]  # [G, c, kk]
+            self.register_buffer("gather", gather.reshape(-1), persistent=False)
         else:
             self.register_buffer("interp", interpolation_matrices(group, k), persistent=False)  # [G, kk, kk]
 
     def _expand(self) -> torch.Tensor:
         o, c, k, g = self.out_fields, self.in_channels, self.kernel_size, self.group.order
-        w = self.weight if self.group.exact else self.weight * self.mask
-        w = w.reshape(o, c, k * k)
+        if self.group.order == 1:  # the trivial group: the weight is the bank (a view, no copy)
+            return self.weight.reshape(o, c, k, k)
         if self.group.exact:
-            bank = w[:, :, self.perm]  # [o, c, G, kk]
-        else:
-            bank = torch.einsum("gpq,ocq->ocgp", self.interp.to(w.dtype), w)
+            return self.weight.reshape(o, c * k * k).index_select(1, self.gather).reshape(o * g, c, k, k)
+        w = (self.weight * self.mask).reshape(o, c, k * k)
+        bank = torch.einsum("gpq,ocq->ocgp", self.interp.to(w.dtype), w)
         return bank.permute(0, 2, 1, 3).reshape(o * g, c, k, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,13 +184,36 @@ class GroupConv(_GroupConvBase):
     spatially by ``h`` and its group axis permuted by ``h``. Weight ``[C_out, C_in, |G|, k, k]``.
     """
 
-    def __init__(self, group: Group, in_fields: int, out_fields: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self,
+        group: Group,
+        in_fields: int,
+        out_fields: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> None:
         k, n = kernel_size, group.order
-        super().__init__(group, in_fields, out_fields, k, stride, padding, dilation, bias,
-                         (out_fields, in_fields, n, k, k), in_fields * n * k * k)
+        super().__init__(
+            group,
+            in_fields,
+            out_fields,
+            k,
+            stride,
+            padding,
+            dilation,
+            bias,
+            (out_fields, in_fields, n, k, k),
+            in_fields * n * k * k,
+        )
         if group.exact:
-            self.register_buffer("index", group_conv_indices(group, k).reshape(-1), persistent=False)
+            index = group_conv_indices(group, k)  # [h, g, kk] into one field pair's [G·kk] filter
+            self.register_buffer("index", index.reshape(-1), persistent=False)
+            # bank[o·G + h, c·G + g, p] = w[o, c·G·kk + index[h, g, p]]: one index_select in the bank's order
+            gather = torch.arange(in_fields)[None, :, None, None] * (n * k * k) + index[:, None]  # [h, c, g, kk]
+            self.register_buffer("gather", gather.reshape(-1), persistent=False)
         else:
             source = group.cayley_table[group.inverses]  # [h, g] -> h⁻¹·g
             self.register_buffer("source", source, persistent=False)
@@ -112,11 +221,12 @@ class GroupConv(_GroupConvBase):
 
     def _expand(self) -> torch.Tensor:
         o, c, k, n = self.out_fields, self.in_channels, self.kernel_size, self.group.order
+        if n == 1:  # the trivial group: the weight is the bank (a view, no copy)
+            return self.weight.reshape(o, c, k, k)
         if self.group.exact:
-            bank = self.weight.reshape(o, c, n * k * k)[:, :, self.index].reshape(o, c, n, n, k * k)
-        else:
-            w = (self.weight * self.mask).reshape(o, c, n, k * k)[:, :, self.source]  # [o, c, h, g, kk]
-            bank = torch.einsum("hpq,ochgq->ochgp", self.interp.to(w.dtype), w)
+            return self.weight.reshape(o, c * n * k * k).index_select(1, self.gather).reshape(o * n, c * n, k, k)
+        w = (self.weight * self.mask).reshape(o, c, n, k * k)[:, :, self.source]  # [o, c, h, g, kk]
+        bank = torch.einsum("hpq,ochgq->ochgp", self.interp.to(w.dtype), w)
         # (o, c, h, g, p) -> (o, h, c, g, p): output channel (o, h), input channel (c, g)
         return bank.permute(0, 2, 1, 3, 4).reshape(o * n, c * n, k, k)
 

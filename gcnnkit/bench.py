@@ -1,0 +1,691 @@
+"""Speed and memory of G-CNNs against their *floor*: the plain ``nn.Conv2d`` stack of identical shapes.
+
+A regular group convolution is one ``conv2d`` with ``|G|``-fold channels once its filter bank
+is gathered, so no backend can beat :func:`gcnnkit.export.floor_model` — the same
+convolutions, batch norms, pools and head on the flattened ``[B, C·|G|, H, W]`` layout with
+fresh weights. :func:`run_bench` times every backend's model, the floor and the exported
+plain module (:func:`gcnnkit.export.export_model`) in one process:
+
+* forward in eval mode (``torch.no_grad``) and forward + backward in train mode;
+* whole model and each layer on its own (the floor's modules of the same layer);
+* repetitions interleaved (contenders in rotating order, so drift and noise from other
+  processes hit all of them alike); each contender's time is the median, each ratio
+  ``time / floor time`` the median of the per-repetition ratios;
+* peak memory of one step: on CUDA ``torch.cuda.max_memory_allocated`` above what was
+  allocated before the step; on CPU the peak of the bytes of tensors allocated during the
+  step and still alive (counted with a dispatch mode, as the CUDA allocator counts them;
+  the process RSS would mostly show the allocator's caching);
+* model build time (median over a few builds, interleaved).
+
+``gcnnkit bench`` is the command-line front end; ``benchmarks/run_all.py`` runs the presets
+on every installed backend.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gcnnkit.errors import GcnnkitError, PluginError, UnsupportedGroupError
+from gcnnkit.export import _plain_layer, export_model, flatten_field, floor_model
+from gcnnkit.model import EquivariantNet, build_model
+
+MODES = ("eval", "train")
+FLOOR = "floor"
+EXPORT = "export"
+#: Backends benchmarked when none are named (those installed).
+DEFAULT_BACKENDS = ("native", "escnn")
+DEFAULT_BATCH_SIZES = (1, 64, 256)
+DEFAULT_SIZES = (28, 64)
+DEFAULT_REPEATS = 9
+DEFAULT_GROUP = "C4"
+#: Presets benchmarked when none are named: gcnnkit's own.
+DEFAULT_PRESETS = ("gcnn-small", "gcnn-tiny")
+
+
+# ---------------------------------------------------------------------------- devices
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; a one-line :class:`GcnnkitError` when CUDA is not there."""
+    name = name.strip().lower()
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
+            raise GcnnkitError(
+                f"--device {name}: no CUDA device is available (torch {torch.__version__}, {built}); use --device cpu"
+            )
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise GcnnkitError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+        return device
+    raise GcnnkitError(f"--device {name!r} is not allowed; allowed: cpu, cuda, cuda:N")
+
+
+def device_description(device: torch.device) -> str:
+    """A human name of the device, e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu x86_64, 2 threads``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine() or "cpu"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} torch threads"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+#: Clocks :func:`time_call` reads: ``wall`` (CUDA: events) or ``cpu`` — CPU seconds of the
+#: whole process (all threads), which other processes on a shared machine hardly disturb.
+CLOCKS = ("wall", "cpu")
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, inner: int = 1, clock: str = "wall") -> float:
+    """Seconds per call of ``fn`` (``inner`` calls back to back; CUDA: events, synchronised)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000.0 / inner
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    t0 = now()
+    for _ in range(inner):
+        fn()
+    return (now() - t0) / inner
+
+
+# ----------------------------------------------------------------------------- memory
+class _LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of tensor storages created while active and still alive (CPU peak memory)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[Any, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_leaves
+
+        out = func(*args, **(kwargs or {}))
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.current -= self.live.pop(key)[1]
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated by one call of ``fn`` above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    with _LiveTensorBytes() as tracker:
+        fn()
+    return int(tracker.peak)
+
+
+# ------------------------------------------------------------------------------ cases
+@dataclass
+class BenchCase:
+    """One architecture to benchmark on one or more backends.
+
+    ``image_size`` is the case's own input size (a config's data, a published preset's input),
+    used when :func:`run_bench` is given no sizes; ``None``: :data:`DEFAULT_SIZES`.
+    """
+
+    name: str
+    group: str
+    in_channels: int
+    num_classes: int
+    backends: list[str]
+    preset: str | None = None
+    layers: list | None = None
+    widths: str | None = None
+    image_size: int | None = None
+    backend_options: dict[str, dict] = field(default_factory=dict)
+
+    def build(self, backend: str, image_size: int) -> EquivariantNet:
+        return build_model(
+            backend,
+            self.group,
+            in_channels=self.in_channels,
+            image_size=image_size,
+            num_classes=self.num_classes,
+            preset=self.preset,
+            layers=self.layers,
+            widths=self.widths,
+            backend_options=self.backend_options.get(backend),
+        )
+
+
+def installed_backends(names: Iterable[str] = DEFAULT_BACKENDS) -> list[str]:
+    """Those of ``names`` that are installed and load."""
+    from gcnnkit.registry import get_backend
+
+    out = []
+    for name in names:
+        try:
+            get_backend(name)
+        except PluginError:
+            continue
+        out.append(name)
+    return out
+
+
+def preset_cases(
+    presets: Sequence[str] | None = None,
+    group: str | None = None,
+    backends: Sequence[str] | None = None,
+    in_channels: int = 1,
+    num_classes: int = 10,
+) -> list[BenchCase]:
+    """Cases for ``presets`` (default: :data:`DEFAULT_PRESETS`; ``["all"]``: every registered one)
+    on ``backends`` (default: the installed ones).
+
+    A preset runs on ``group``, else on the group it was published for, else on
+    :data:`DEFAULT_GROUP`; at the image size it was published for, unless sizes are given to
+    :func:`run_bench`.
+    """
+    from gcnnkit.presets import PRESETS, get_preset
+
+    names = list(presets) if presets else list(DEFAULT_PRESETS)
+    if names == ["all"]:
+        names = list(PRESETS)
+    chosen = list(backends) if backends else installed_backends()
+    cases = []
+    for name in names:
+        preset = get_preset(name)  # one-line error for unknown names
+        g = group or getattr(preset, "group", None) or DEFAULT_GROUP
+        size = getattr(preset, "image_size", None)
+        cases.append(BenchCase(name, g, in_channels, num_classes, chosen, preset=name, image_size=size))
+    return cases
+
+
+def config_cases(paths: Sequence[str], overrides: Sequence[str] = (), backends: Sequence[str] | None = None):
+    """One case per config file: its model on its data's input shape (``backends`` replace its backend)."""
+    from gcnnkit.config import load_config
+    from gcnnkit.data import dataset_info
+
+    cases = []
+    for path in paths:
+        config = load_config(path, overrides)
+        info = dataset_info(config.data)
+        m = config.model
+        cases.append(
+            BenchCase(
+                config.name,
+                m.group,
+                info.in_channels,
+                info.num_classes,
+                list(backends) if backends else [m.backend],
+                preset=m.preset,
+                layers=m.layers,
+                widths=m.widths,
+                image_size=info.image_size,
+                backend_options={m.backend: dict(m.backend_options)},
+            )
+        )
+    return cases
+
+
+# ------------------------------------------------------------------------------ steps
+def _eval_step(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def step():
+        with torch.no_grad():
+            return module(x)
+
+    return step
+
+
+def _train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor | None = None) -> Callable[[], Any]:
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step():
+        for p in params:
+            p.grad = None
+        if x.requires_grad:
+            x.grad = None
+        out = module(x)
+        if grad is None:
+            out.sum().backward()
+        else:
+            out.backward(grad)
+
+    return step
+
+
+def _set_mode(modules: Iterable[nn.Module], mode: str) -> None:
+    for m in modules:
+        m.train(mode == "train")
+
+
+@dataclass
+class _Contender:
+    name: str
+    module: nn.Module
+    x: torch.Tensor  # input for this contender (model or layer)
+    modes: tuple[str, ...] = MODES
+    grad: torch.Tensor | None = None  # output gradient for layer-level train steps
+
+
+@dataclass
+class _Settings:
+    device: torch.device
+    batch_sizes: Sequence[int]
+    repeats: int
+    per_layer: bool
+    export: bool
+    memory: bool
+    warmup: int
+    min_time: float
+    build_repeats: int
+    seed: int
+    clock: str
+    log: Callable[[str], None]
+
+
+def _quartiles(values: Sequence[float]) -> list[float]:
+    """First and third quartile (both the value itself for one sample)."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
+
+
+def _interleaved(
+    contenders: Sequence[_Contender], mode: str, st: _Settings
+) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """Median time per contender, median per-repetition ratio to the floor (first contender) and
+    the quartiles of those ratios (their spread shows how noisy the machine was)."""
+    active = [c for c in contenders if mode in c.modes]
+    _set_mode((c.module for c in active), mode)
+    steps = {
+        c.name: (_eval_step(c.module, c.x) if mode == "eval" else _train_step(c.module, c.x, c.grad)) for c in active
+    }
+    for _ in range(st.warmup):
+        for step in steps.values():
+            step()
+    _sync(st.device)
+    floor_time = time_call(steps[FLOOR], st.device, 1, st.clock)
+    inner = max(1, math.ceil(st.min_time / max(floor_time, 1e-9)))
+    samples: dict[str, list[float]] = {c.name: [] for c in active}
+    for r in range(st.repeats):
+        k = r % len(active)
+        for c in active[k:] + active[:k]:  # rotate the order every repetition
+            samples[c.name].append(time_call(steps[c.name], st.device, inner, st.clock))
+    times = {name: statistics.median(s) for name, s in samples.items()}
+    per_rep = {
+        name: [a / max(b, 1e-12) for a, b in zip(s, samples[FLOOR], strict=True)]
+        for name, s in samples.items()
+        if name != FLOOR
+    }
+    ratios = {name: statistics.median(r) for name, r in per_rep.items()}
+    return times, ratios, {name: _quartiles(r) for name, r in per_rep.items()}
+
+
+def _build_times(builders: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
+    samples: dict[str, list[float]] = {name: [] for name in builders}
+    built: dict[str, Any] = {}
+    for r in range(max(1, repeats)):
+        names = list(builders)
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            built[name] = builders[name]()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(s) for name, s in samples.items()}, built
+
+
+def _layer_modules(floor: nn.Sequential, net: EquivariantNet) -> list[nn.Module]:
+    """The floor's module(s) of each layer of ``net`` (an ``nn.Sequential`` where there are several)."""
+    out, i = [], 0
+    for spec, t_in, t_out in zip(net.specs, net.in_types, net.out_types, strict=True):
+        n = len(_plain_layer(spec, t_in, t_out, net.group))
+        out.append(floor[i] if n == 1 else nn.Sequential(*floor[i : i + n]))  # no wrapper overhead
+        i += n
+    return out
+
+
+# -------------------------------------------------------------------------------- bench
+def run_bench(
+    cases: Sequence[BenchCase],
+    *,
+    device: str | torch.device = "cpu",
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    sizes: Sequence[int] | None = DEFAULT_SIZES,
+    repeats: int = DEFAULT_REPEATS,
+    per_layer: bool = True,
+    export: bool = True,
+    memory: bool = True,
+    warmup: int = 2,
+    min_time: float = 0.02,
+    build_repeats: int = 3,
+    seed: int = 0,
+    clock: str = "wall",
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark ``cases`` against their floor; returns a JSON-able report.
+
+    Every case runs at each of ``sizes`` (when ``None``: the case's own ``image_size``, else
+    :data:`DEFAULT_SIZES`) and ``batch_sizes``, on every backend of the case that is installed and supports
+    its group (the others are listed under ``skipped``). Each result carries
+    ``ratio_to_floor[contender][mode]`` (contender: a backend name or ``export``, the plain
+    export of the first backend's model, timed in eval mode only) and the same per layer
+    under ``layers`` (backends only).
+
+    Args:
+        repeats: timed repetitions per contender (interleaved); at least 1.
+        min_time: each timed sample runs the step enough times to last about this long.
+        clock: ``wall`` or ``cpu`` (process CPU time, CPU device only; see :data:`CLOCKS`).
+    """
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if repeats < 1:
+        raise GcnnkitError(f"--repeats must be >= 1, got {repeats}")
+    if any(b < 1 for b in batch_sizes) or not batch_sizes:
+        raise GcnnkitError(f"--batch-sizes: every batch size must be >= 1, got {list(batch_sizes)}")
+    if clock not in CLOCKS:
+        raise GcnnkitError(f"--clock {clock!r} is not allowed; allowed: {', '.join(CLOCKS)}")
+    if clock == "cpu" and dev.type == "cuda":
+        raise GcnnkitError("--clock cpu measures CPU time and cannot time a CUDA device; use --clock wall")
+    st = _Settings(
+        dev, list(batch_sizes), repeats, per_layer, export, memory, warmup, min_time, build_repeats, seed, clock,
+        log or (lambda _msg: None),
+    )  # fmt: skip
+    report: dict[str, Any] = {
+        "device": str(dev),
+        "device_name": device_description(dev),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "settings": {
+            "batch_sizes": list(batch_sizes),
+            "sizes": None if sizes is None else list(sizes),
+            "repeats": repeats,
+            "warmup": warmup,
+            "min_time_s": min_time,
+            "clock": "cuda events" if dev.type == "cuda" else clock,
+            "per_layer": per_layer,
+        },
+        "memory_method": None,
+        "results": [],
+        "skipped": [],
+    }
+    if memory:
+        report["memory_method"] = (
+            "torch.cuda.max_memory_allocated above the allocation before the step"
+            if dev.type == "cuda"
+            else "peak bytes of tensors allocated during the step and alive (dispatch-mode count)"
+        )
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    for case in cases:
+        case_sizes = list(sizes) if sizes else [case.image_size] if case.image_size else list(DEFAULT_SIZES)
+        for size in case_sizes:
+            if size is None or size < 1:
+                raise GcnnkitError(f"{case.name}: no valid image size ({size}); give --sizes")
+            report["results"].extend(_bench_case(case, size, st, report["skipped"]))
+    return report
+
+
+def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> list[dict[str, Any]]:
+    backends = []
+    for backend in case.backends:
+        try:
+            case.build(backend, size)
+        except UnsupportedGroupError as exc:
+            skipped.append({"model": case.name, "backend": backend, "image_size": size, "reason": str(exc)})
+            st.log(f"skipped {case.name} on {backend}: {exc}")
+            continue
+        backends.append(backend)
+    if not backends:
+        return []
+    torch.manual_seed(st.seed)
+    builders: dict[str, Callable[[], Any]] = {b: (lambda b=b: case.build(b, size)) for b in backends}
+    build_time, nets = _build_times(builders, st.build_repeats)
+    nets = {b: net.to(st.device) for b, net in nets.items()}
+    first = nets[backends[0]]
+    t0 = time.perf_counter()
+    floor = floor_model(first)
+    build_time[FLOOR] = time.perf_counter() - t0
+    plain = None
+    if st.export:
+        t0 = time.perf_counter()
+        plain = export_model(first, image_size=size)
+        build_time[EXPORT] = time.perf_counter() - t0
+    params = {b: net.num_parameters() for b, net in nets.items()}
+    params[FLOOR] = sum(p.numel() for p in floor.parameters())
+    results = []
+    for batch in st.batch_sizes:
+        st.log(f"{case.name} {case.group} {size}x{size} batch {batch}: floor, {', '.join(backends)}")
+        gen = torch.Generator().manual_seed(st.seed)
+        x = torch.randn(batch, case.in_channels, size, size, generator=gen).to(st.device)
+        contenders = [_Contender(FLOOR, floor, x)]
+        contenders += [_Contender(b, nets[b], x) for b in backends]
+        if plain is not None:
+            contenders.append(_Contender(EXPORT, plain, x, modes=("eval",)))
+        entry: dict[str, Any] = {
+            "model": case.name,
+            "group": case.group,
+            "image_size": size,
+            "batch_size": batch,
+            "backends": backends,
+            "export_of": backends[0] if plain is not None else None,
+            "params": params,
+            "build_time_s": build_time,
+            "time_s": {},
+            "ratio_to_floor": {c.name: {} for c in contenders if c.name != FLOOR},
+            "ratio_quartiles": {c.name: {} for c in contenders if c.name != FLOOR},
+        }
+        for mode in MODES:
+            times, ratios, spread = _interleaved(contenders, mode, st)
+            entry["time_s"][mode] = times
+            for name, r in ratios.items():
+                entry["ratio_to_floor"][name][mode] = r
+                entry["ratio_quartiles"][name][mode] = spread[name]
+        if st.memory:
+            entry["peak_memory_bytes"] = _memory(contenders, st.device)
+        if st.per_layer:
+            entry["layers"] = _bench_layers(first, nets, backends, floor, x, st)
+        results.append(entry)
+    return results
+
+
+def _memory(contenders: Sequence[_Contender], dev: torch.device) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for mode in MODES:
+        out[mode] = {}
+        for c in contenders:
+            if mode not in c.modes:
+                continue
+            c.module.train(mode == "train")
+            step = _eval_step(c.module, c.x) if mode == "eval" else _train_step(c.module, c.x, c.grad)
+            step()  # caches (eval filter banks, cudnn plans) are built before measuring
+            out[mode][c.name] = peak_memory(step, dev)
+    return out
+
+
+def _bench_layers(first, nets, backends, floor, x, st: _Settings) -> list[dict[str, Any]]:
+    floor_layers = _layer_modules(floor, first)
+    first.eval()
+    inputs = []
+    with torch.no_grad():
+        h = x
+        for layer in first.layers:
+            inputs.append(h)
+            h = layer(h)
+    out = []
+    for i, (name, _, t_in, t_out) in enumerate(first.typed_layers()):
+        xi = inputs[i].detach().clone().requires_grad_(i > 0)
+        with torch.no_grad():
+            grad = torch.randn_like(first.layers[i](xi))
+        flat_x = flatten_field(xi.detach(), t_in).clone().requires_grad_(i > 0)
+        contenders = [_Contender(FLOOR, floor_layers[i], flat_x, grad=flatten_field(grad, t_out))]
+        contenders += [_Contender(b, nets[b].layers[i], xi, grad=grad) for b in backends]
+        trainable = i > 0 or any(p.requires_grad for c in contenders for p in c.module.parameters())
+        entry: dict[str, Any] = {
+            "name": name,
+            "time_s": {},
+            "ratio_to_floor": {b: {} for b in backends},
+            "ratio_quartiles": {b: {} for b in backends},
+        }
+        for mode in MODES:
+            if mode == "train" and not trainable:
+                continue
+            times, ratios, spread = _interleaved(contenders, mode, st)
+            entry["time_s"][mode] = times
+            for b, r in ratios.items():
+                entry["ratio_to_floor"][b][mode] = r
+                entry["ratio_quartiles"][b][mode] = spread[b]
+        out.append(entry)
+    for net in nets.values():
+        net.eval()
+    return out
+
+
+# ------------------------------------------------------------------------------ output
+def _ms(t: float | None) -> str:
+    return "-" if t is None else f"{1000 * t:.2f}"
+
+
+def _ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.3f}"
+
+
+def _spread(entry: dict[str, Any], name: str, mode: str, digits: int = 3) -> str:
+    """``"1.004 (0.991-1.012)"``: median ratio and the quartiles of the per-repetition ratios."""
+    r = entry["ratio_to_floor"].get(name, {}).get(mode)
+    q = entry.get("ratio_quartiles", {}).get(name, {}).get(mode)
+    if r is None or not q:
+        return _ratio(r)
+    return f"{r:.3f} ({q[0]:.{digits}f}-{q[1]:.{digits}f})"
+
+
+def _mib(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**20:.1f}"
+
+
+def format_report(report: dict[str, Any], layers: bool = True) -> str:
+    """The human-readable tables of a :func:`run_bench` report."""
+    s = report["settings"]
+    lines = [
+        f"device {report['device']} ({report['device_name']}), torch {report['torch']}; medians of "
+        f"{s['repeats']} interleaved repetitions ({s.get('clock', 'wall')} clock); x floor = median of the "
+        "per-repetition time / floor time (quartiles in brackets); floor = plain nn.Conv2d stack, same shapes"
+    ]
+    for entry in report["results"]:
+        lines.append("")
+        lines.append(
+            f"{entry['model']} on {entry['group']}, {entry['image_size']}x{entry['image_size']}, "
+            f"batch {entry['batch_size']}"
+        )
+        names = [FLOOR, *entry["backends"]] + ([EXPORT] if entry.get("export_of") else [])
+        mem = entry.get("peak_memory_bytes") or {}
+        header = ("", "eval ms", "x floor", "train ms", "x floor", "peak MiB eval", "peak MiB train", "build s")
+        rows = []
+        for n in names:
+            label = f"export ({entry['export_of']})" if n == EXPORT else n
+            rows.append(
+                (
+                    label,
+                    _ms(entry["time_s"]["eval"].get(n)),
+                    "1.000" if n == FLOOR else _spread(entry, n, "eval"),
+                    _ms(entry["time_s"]["train"].get(n)),
+                    "1.000" if n == FLOOR else _spread(entry, n, "train"),
+                    _mib(mem.get("eval", {}).get(n)),
+                    _mib(mem.get("train", {}).get(n)),
+                    f"{entry['build_time_s'].get(n, float('nan')):.3f}",
+                )
+            )
+        lines.extend(_table(header, rows))
+        if layers and entry.get("layers"):
+            lines.append("  per layer, x floor (eval / train):")
+            lheader = ("  layer", *entry["backends"])
+            lrows = []
+            for layer in entry["layers"]:
+                cells = []
+                for b in entry["backends"]:
+                    r = layer["ratio_to_floor"].get(b, {})
+                    cells.append(f"{_ratio(r.get('eval'))} / {_ratio(r.get('train'))}")
+                lrows.append((f"  {layer['name']}", *cells))
+            lines.extend(_table(lheader, lrows))
+    for skip in report.get("skipped", []):
+        lines.append(f"skipped {skip['model']} on {skip['backend']}: {skip['reason']}")
+    return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    out = []
+    for row in [header, *rows]:
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """A Markdown table of the ratios to the floor, one row per model, size and batch size (the
+    one in ``docs/benchmarks.md``): median (quartiles) per backend and mode, the export in eval
+    mode, and each backend's peak memory of a train step relative to the floor's."""
+    backends: list[str] = []
+    for e in report["results"]:
+        backends += [b for b in e["backends"] if b not in backends]
+    has_export = any(e.get("export_of") for e in report["results"])
+    header = ["model", "group", "size", "batch"]
+    for b in backends:
+        header += [f"{b} eval", f"{b} train"]
+    header += ["export eval"] if has_export else []
+    header += [f"{b} memory (train)" for b in backends]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in report["results"]:
+        row = [e["model"], e["group"], str(e["image_size"]), str(e["batch_size"])]
+        for b in backends:
+            row += [_spread(e, b, "eval", 2), _spread(e, b, "train", 2)]
+        if has_export:
+            row.append(_spread(e, EXPORT, "eval", 2))
+        mem = (e.get("peak_memory_bytes") or {}).get("train", {})
+        for b in backends:
+            m, f = mem.get(b), mem.get(FLOOR)
+            row.append(f"{m / f:.2f}" if m is not None and f else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """``"1,64,256"`` → ``[1, 64, 256]``; a one-line error naming ``what`` otherwise."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GcnnkitError(f"{what}: expected comma-separated integers like 1,64,256, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise GcnnkitError(f"{what}: expected positive integers like 1,64,256, got {text!r}")
+    return values
