@@ -10,9 +10,9 @@ Backends register under the entry-point group ``gcnnkit.backends``; the entry po
 object is a :class:`Backend` subclass or instance with ``api_version`` set to the
 :data:`BACKEND_API_VERSION` it was written for.
 
-Layers that do not depend on how convolutions are implemented (activations, dropout,
-spatial and global pooling, linear head) have default implementations here; a backend may
-override any of them.
+Layers that do not depend on how convolutions are implemented (activations, dropout, layer
+norm, spatial, global and orbit pooling, linear head) have default implementations here; a
+backend may override any of them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 from gcnnkit.errors import SpecError, UnsupportedGroupError
 from gcnnkit.fields import FieldType
 from gcnnkit.group import Group
+from gcnnkit.transforms import transform_image
 
 #: Version of the backend plugin API; a backend declares the version it was written for.
 BACKEND_API_VERSION = 1
@@ -120,6 +121,11 @@ class Backend(abc.ABC):
         """Dropout (identity in eval mode, so it never affects the equivariance check)."""
         return nn.Dropout(p)
 
+    def layer_norm(self, group: Group, in_type: FieldType, affine: bool = True, eps: float = 1e-5) -> nn.Module:
+        """Per-sample normalisation over everything but the batch axis (``C, (|G|,) H, W``), then an
+        optional scale and shift per field (shared over the group axis and space)."""
+        return FieldLayerNorm(in_type.channels, affine, eps)
+
     def spatial_pool(
         self,
         group: Group,
@@ -135,6 +141,12 @@ class Backend(abc.ABC):
     def global_pool(self, group: Group, in_type: FieldType, mode: str = "avg") -> nn.Module:
         """Pool over space (and the group axis, if any): ``→ [B, C]`` invariant features."""
         return GlobalPool(mode)
+
+    def orbit_pool(self, group: Group, in_type: FieldType, mode: str = "mean") -> nn.Module:
+        """``[B, C, (|G|,) H, W] → [B, C·H·W]``: pool over the group axis and over the group's spatial
+        action on the map (``mean``/``max`` of ``g·x`` over ``g``), then flatten. The map keeps its
+        spatial layout but is invariant, so a linear head may read every position."""
+        return OrbitPool(group, mode)
 
     def linear(self, group: Group, in_type: FieldType, out_features: int, bias: bool = True) -> nn.Module:
         """``[B, C] → [B, out_features]`` on invariant features."""
@@ -185,3 +197,55 @@ class GlobalPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}"
+
+
+class FieldLayerNorm(nn.Module):
+    """Layer norm of ``[B, C, ...]`` over all but the batch axis, with an optional affine map per field.
+
+    The mean and variance of a sample are taken over every entry, so a permutation of the entries
+    (any exact group element acting on a group or image map) leaves them unchanged: the layer is
+    equivariant. The scale and shift have one value per field (``C``), shared over the group axis
+    and space, as in batch norm. ``affine=False`` is ``F.layer_norm(x, x.shape[1:])``.
+    """
+
+    def __init__(self, channels: int, affine: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.channels, self.eps = channels, eps
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x, x.shape[1:], eps=self.eps)
+        if self.weight is not None:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, affine={self.weight is not None}, eps={self.eps:g}"
+
+
+class OrbitPool(nn.Module):
+    """``[B, C, |G|, H, W]`` or ``[B, C, H, W]`` → ``[B, C·H·W]``: ``mean``/``max`` over the group axis
+    and over ``transform_image(·, g)`` for every ``g`` of the group, then flatten.
+
+    The result is invariant: rotating the input by ``r`` rotates the group-pooled map by ``r``,
+    which only reorders the orbit ``{g·m}``. Exact for elements that permute pixels, approximate
+    (bilinear) for the others; the map must be square when the group has 90° rotations.
+    """
+
+    def __init__(self, group: Group, mode: str = "mean"):
+        super().__init__()
+        if mode not in ("mean", "max"):
+            raise SpecError(f"unknown orbit pooling mode {mode!r}; allowed: mean, max")
+        self.group, self.mode = group, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5:  # group map: pool the group axis first (it commutes with the orbit average)
+            x = x.mean(dim=2) if self.mode == "mean" else x.amax(dim=2)
+        orbit = torch.stack([transform_image(x, self.group, g) for g in range(self.group.order)])
+        pooled = orbit.mean(dim=0) if self.mode == "mean" else orbit.amax(dim=0)
+        return pooled.flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group.name}, mode={self.mode}"

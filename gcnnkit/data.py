@@ -14,6 +14,12 @@ Data sets:
 * torchvision classification sets by class name (case-insensitive): MNIST, FashionMNIST,
   KMNIST, QMNIST, USPS, CIFAR10, CIFAR100, SVHN, STL10. torchvision is imported only when one
   is loaded.
+* ``rotmnist`` — rotated MNIST (MNIST-rot, Larochelle et al. 2007, the benchmark of Cohen &
+  Welling 2016): 12,000 training and 50,000 test digits, each turned by a uniformly random
+  angle. When ``data.root`` holds the original ``mnist_all_rotation_normalized_float_train_valid.amat``
+  and ``mnist_all_rotation_normalized_float_test.amat`` (directly or in ``mnist_rotation_new/``),
+  they are read; otherwise the set is reconstructed from MNIST under ``data.root`` with a fixed
+  seed (:func:`reconstruct_rotmnist`: which images, which angles, which interpolation).
 
 Test protocols (:data:`PROTOCOLS`): ``upright``; ``rotated`` (sample ``i`` turned by angle
 ``i`` of :func:`~gcnnkit.transforms.random_angles` ``(N, rotation_seed)`` — the same angles every
@@ -51,6 +57,10 @@ __all__ = [
     "augment_batch",
     "apply_protocol",
     "protocol_batches",
+    "ROTMNIST_SEED",
+    "reconstruct_rotmnist",
+    "read_amat",
+    "rotmnist_amat_files",
 ]
 
 DIGITS_IMAGE_SIZE = 17
@@ -78,6 +88,17 @@ TORCHVISION_SETS: dict[str, _TorchvisionSet] = {
     "CIFAR100": _TorchvisionSet(3, 32, 100, "train", "cifar-100-python"),
     "SVHN": _TorchvisionSet(3, 32, 10, "split", "train_32x32.mat and test_32x32.mat"),
     "STL10": _TorchvisionSet(3, 96, 10, "split", "stl10_binary"),
+}
+
+
+ROTMNIST = "rotmnist"
+#: Seed of the rotated-MNIST reconstruction (image choice and angles); fixed, independent of the run seed.
+ROTMNIST_SEED = 2007
+ROTMNIST_TRAIN, ROTMNIST_TEST = 12_000, 50_000
+#: The original MNIST-rot files (https://sites.google.com/a/lisa.iro.umontreal.ca/public_static_twiki/variations-on-the-mnist-digits)
+ROTMNIST_AMAT = {
+    "train": "mnist_all_rotation_normalized_float_train_valid.amat",
+    "test": "mnist_all_rotation_normalized_float_test.amat",
 }
 
 
@@ -127,6 +148,8 @@ class Dataset:
     test: Split
     mean: torch.Tensor  # [C]
     std: torch.Tensor  # [C]
+    #: where the images came from, e.g. "torchvision MNIST" or "reconstructed from MNIST (seed 2007)"
+    source: str = ""
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` → ``(x − mean) / std`` per channel."""
@@ -134,7 +157,12 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         return Dataset(
-            self.info, self.train.to(device), self.test.to(device), self.mean.to(device), self.std.to(device)
+            self.info,
+            self.train.to(device),
+            self.test.to(device),
+            self.mean.to(device),
+            self.std.to(device),
+            self.source,
         )
 
 
@@ -146,7 +174,7 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 # ----------------------------------------------------------------------- names and shapes
 def dataset_names() -> list[str]:
     """Every name ``data.name`` accepts (matching is case-insensitive)."""
-    return ["digits", *TORCHVISION_SETS]
+    return ["digits", *TORCHVISION_SETS, ROTMNIST]
 
 
 def canonical_name(name: str) -> str:
@@ -158,8 +186,10 @@ def canonical_name(name: str) -> str:
 
 
 def native_image_size(name: str) -> int:
-    """Default ``image_size`` of a data set: 17 for digits, the stored size for torchvision sets."""
+    """Default ``image_size`` of a data set: 17 for digits, 28 for rotmnist, the stored size for torchvision sets."""
     name = canonical_name(name)
+    if name == ROTMNIST:
+        return 28
     return DIGITS_IMAGE_SIZE if name == "digits" else TORCHVISION_SETS[name].size
 
 
@@ -167,7 +197,7 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """Input channels, image size and class count of ``cfg`` without loading any data."""
     name = canonical_name(cfg.name)
     size = cfg.image_size or native_image_size(name)
-    if name == "digits":
+    if name in ("digits", ROTMNIST):
         return DatasetInfo(name, 1, size, 10)
     meta = TORCHVISION_SETS[name]
     return DatasetInfo(name, meta.channels, size, meta.classes)
@@ -188,13 +218,17 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     info = dataset_info(cfg)
     if info.name == "digits":
         train, test = _load_digits(info.image_size)
+        source = "scikit-learn digits"
+    elif info.name == ROTMNIST:
+        train, test, source = _load_rotmnist(cfg)
     else:
         train, test = (_load_torchvision(info, cfg, is_train) for is_train in (True, False))
+        source = f"torchvision {info.name}"
     train = _resize(train.subset(cfg.train_size, seed, "data.train_size"), info.image_size)
     test = _resize(test.subset(cfg.test_size, _TEST_SUBSET_SEED, "data.test_size"), info.image_size)
     mean = train.images.mean(dim=(0, 2, 3))
     std = train.images.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return Dataset(info, train, test, mean, std)
+    return Dataset(info, train, test, mean, std, source)
 
 
 def _load_digits(image_size: int) -> tuple[Split, Split]:
@@ -236,6 +270,89 @@ def _load_torchvision(info: DatasetInfo, cfg: DataConfig, is_train: bool) -> Spl
     if images.shape[1] != meta.channels:
         raise DataError(f"data.name: {info.name} images have {images.shape[1]} channels, expected {meta.channels}")
     return Split(images, labels)
+
+
+# --------------------------------------------------------------------------- rotated MNIST
+def rotmnist_amat_files(root: str | os.PathLike) -> dict[str, str] | None:
+    """Paths of the original MNIST-rot ``.amat`` files under ``root`` (or ``root/mnist_rotation_new``),
+    ``{"train": ..., "test": ...}``; ``None`` unless both are there."""
+    root = os.path.expanduser(os.fspath(root))
+    for folder in (root, os.path.join(root, "mnist_rotation_new")):
+        paths = {split: os.path.join(folder, name) for split, name in ROTMNIST_AMAT.items()}
+        if all(os.path.isfile(p) for p in paths.values()):
+            return paths
+    return None
+
+
+def read_amat(path: str | os.PathLike, size: int = 28) -> Split:
+    """Read an MNIST-variations ``.amat`` file: one image a line, ``size²`` floats in ``[0, 1]`` (row by
+    row) and then the label, separated by whitespace. Returns ``[N, 1, size, size]`` float32 and int64
+    labels; a malformed file is a one-line :class:`DataError`."""
+    import numpy as np
+
+    try:
+        table = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data.root: cannot read {os.fspath(path)!r} as an .amat table: {exc}") from None
+    if table.shape[1] != size * size + 1:
+        raise DataError(
+            f"data.root: {os.fspath(path)!r} has {table.shape[1]} columns per line, expected {size * size + 1} "
+            f"({size}×{size} pixels and a label)"
+        )
+    labels = table[:, -1]
+    if not np.all(labels == np.round(labels)) or labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"data.root: {os.fspath(path)!r}: the last column must hold the labels 0-9")
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 1, size, size)).float().clamp(0.0, 1.0)
+    return Split(images, torch.from_numpy(labels).long())
+
+
+def reconstruct_rotmnist(
+    mnist_train: Split, mnist_test: Split, seed: int = ROTMNIST_SEED, sizes: tuple[int, int] = (12_000, 50_000)
+) -> tuple[Split, Split]:
+    """Rotated MNIST rebuilt from MNIST, the same on every machine.
+
+    The 60,000 training and 10,000 test images of MNIST are put in one pool of 70,000 (training
+    images first, each split in file order). A ``torch.Generator`` seeded with ``seed`` draws a
+    permutation of the pool (``randperm``) and then one angle per image, uniform in [0°, 360°)
+    (``rand``, float64). The first ``sizes[0]`` images of the permutation form the training set, the
+    next ``sizes[1]`` the test set (disjoint). Each image is turned counter-clockwise about its
+    centre by its angle with bilinear interpolation, zeros outside
+    (:func:`gcnnkit.transforms.rotate_images`).
+
+    Returns:
+        ``(train, test)`` with images ``[N, 1, 28, 28]`` in ``[0, 1]``.
+    """
+    pool_x = torch.cat([mnist_train.images, mnist_test.images])
+    pool_y = torch.cat([mnist_train.labels, mnist_test.labels])
+    n_train, n_test = sizes
+    if n_train + n_test > len(pool_y):
+        raise DataError(f"rotmnist: {n_train} + {n_test} images requested, MNIST has {len(pool_y)}")
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(pool_y), generator=gen)[: n_train + n_test]
+    angles = torch.rand(n_train + n_test, generator=gen, dtype=torch.float64) * 360.0
+    images = torch.empty(len(order), *pool_x.shape[1:])
+    for start in range(0, len(order), 5000):  # bounded memory
+        idx = order[start : start + 5000]
+        images[start : start + len(idx)] = rotate_images(pool_x[idx], angles[start : start + len(idx)])
+    images = images.clamp(0.0, 1.0)
+    labels = pool_y[order]
+    return Split(images[:n_train], labels[:n_train]), Split(images[n_train:], labels[n_train:])
+
+
+def _load_rotmnist(cfg: DataConfig) -> tuple[Split, Split, str]:
+    files = rotmnist_amat_files(cfg.root)
+    if files is not None:
+        return read_amat(files["train"]), read_amat(files["test"]), f"MNIST-rot .amat files in {cfg.root}"
+    mnist = DatasetInfo("MNIST", 1, 28, 10)
+    try:
+        train, test = (_load_torchvision(mnist, cfg, is_train) for is_train in (True, False))
+    except DataError as exc:
+        raise DataError(
+            f"{exc} (rotmnist is rebuilt from MNIST, or read from {ROTMNIST_AMAT['train']} and "
+            f"{ROTMNIST_AMAT['test']} in data.root)"
+        ) from None
+    train, test = reconstruct_rotmnist(train, test)
+    return train, test, f"reconstructed from MNIST (seed {ROTMNIST_SEED})"
 
 
 def _resize(split: Split, size: int) -> Split:

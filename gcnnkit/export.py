@@ -30,10 +30,11 @@ linear         ``nn.Linear``
 
 Backend layers are exported through, in order: an optional per-layer hook
 ``layer.export_plain() -> nn.Module`` (a module on the flattened layout, see
-:data:`EXPORT_HOOK`); the layer's ``filter_bank()`` (convolutions) or a contained
-``nn.BatchNorm3d``/``nn.BatchNorm2d`` (batch norm); and, when neither is there, the layer's
-response to impulses (every conv and batch norm is affine, so its weights can be measured).
-Every candidate is checked numerically and the first one that matches is used.
+:data:`EXPORT_HOOK`); the layer's ``filter_bank()`` (convolutions), a contained
+``nn.BatchNorm3d``/``nn.BatchNorm2d`` (batch norm) or its ``eps`` and per-field
+``weight``/``bias`` (layer norm); and, when none is there, the layer's response to impulses
+(convolutions and eval-mode batch norms are affine, so their weights can be measured). Every
+candidate is checked numerically and the first one that matches is used.
 """
 
 from __future__ import annotations
@@ -716,7 +717,9 @@ def _save_onnx(plain: nn.Module, path: Path, x: torch.Tensor, meta: str) -> None
 def load_export(path: str | Path, fmt: str):
     """Load an exported file: a module (torchscript, state) or an ``onnxruntime`` session (onnx)."""
     if fmt == "torchscript":
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 marks torch.jit deprecated
+            return torch.jit.load(str(path), map_location="cpu").eval()
     if fmt == "state":
         return load_state_export(path)
     if fmt == "onnx":

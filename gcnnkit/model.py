@@ -89,6 +89,22 @@ def resolve_padding(padding: int | str, kernel: int, dilation: int) -> int:
     return int(padding)
 
 
+def _spatial_size(specs: Sequence[LayerSpec], image_size: int) -> int:
+    """Side of the square feature map after ``specs`` (convolutions and spatial pooling) on an ``image_size``² input."""
+    size = image_size
+    for spec in specs:
+        p = spec.params
+        if spec.type in ("lift", "gconv"):
+            pad = resolve_padding(p["padding"], p["kernel"], p["dilation"])
+            size = (size + 2 * pad - p["dilation"] * (p["kernel"] - 1) - 1) // p["stride"] + 1
+        elif spec.type == "pool":
+            stride = p["stride"] or p["kernel"]
+            size = (size + 2 * p["padding"] - p["kernel"]) // stride + 1
+    if size < 1:
+        raise SpecError(f"the layers shrink the {image_size}×{image_size} input to nothing before orbit_pool")
+    return size
+
+
 def field_count(out: int, group: Group, widths: str) -> int:
     """Number of fields for a ``lift``/``gconv`` ``out`` under the width mode (see :data:`WIDTH_MODES`)."""
     if widths == "fields":
@@ -103,6 +119,7 @@ def build_network(
     in_channels: int,
     num_classes: int,
     widths: str = "fields",
+    image_size: int | None = None,
 ) -> EquivariantNet:
     """Build validated layer specs on ``backend`` for ``group``.
 
@@ -113,6 +130,8 @@ def build_network(
         in_channels: image channels ``C`` of the ``[B, C, H, W]`` input.
         num_classes: value of ``linear`` layers with ``out: classes``.
         widths: ``fields`` or ``params`` (see :data:`WIDTH_MODES`).
+        image_size: side of the square input; needed only by ``orbit_pool``, whose output size
+            (channels × height × width) depends on it.
 
     Raises:
         SpecError: layers in an impossible order or with a kernel that breaks equivariance.
@@ -134,26 +153,29 @@ def build_network(
                 else:
                     hint = "start with 'lift' and keep every 'gconv' before 'group_pool'"
                 raise SpecError(f"{where}: expects a {expected} input but gets {current}; {hint}")
-            if group.order > 1 and p["kernel"] % 2 == 0:
+            if group.order > 1 and p["kernel"] % 2 == 0 and not (p["padding"] == 0 and p["stride"] == 1):
                 raise SpecError(
                     f"{where}: kernel {p['kernel']} is even, so its rotations/reflections are not centred on "
-                    f"a pixel and {group.name}-equivariance breaks; allowed: odd kernels (1, 3, 5, 7, ...) "
-                    f"or group C1"
+                    f"a pixel and {group.name}-equivariance breaks unless the output grid is centred on the "
+                    f"input grid; allowed: odd kernels (1, 3, 5, 7, ...), an even kernel with padding 0 and "
+                    f"stride 1, or group C1"
                 )
             padding = resolve_padding(p["padding"], p["kernel"], p["dilation"])
             if p["padding"] == "same" and p["kernel"] % 2 == 0:
                 raise SpecError(f"{where}: padding 'same' needs an odd kernel, got {p['kernel']}; give an int")
-            fields = field_count(p["out"], group, widths)
+            fields = num_classes if p["out"] == "classes" else field_count(p["out"], group, widths)
             factory = backend.lifting_conv if spec.type == "lift" else backend.group_conv
             layer = factory(group, current, fields, p["kernel"], p["stride"], padding, p["dilation"], p["bias"])
             out = FieldType("group", fields)
-        elif spec.type in ("batchnorm", "act", "dropout", "pool"):
+        elif spec.type in ("batchnorm", "layernorm", "act", "dropout", "pool"):
             if current.kind == "vector" and spec.type in ("batchnorm", "pool"):
                 raise SpecError(
                     f"{where}: needs an image or group feature map but gets {current}; put it before global_pool"
                 )
             if spec.type == "batchnorm":
                 layer = backend.batch_norm(group, current)
+            elif spec.type == "layernorm":
+                layer = backend.layer_norm(group, current, p["affine"], float(p["eps"]))
             elif spec.type == "act":
                 layer = backend.activation(group, current, p["fn"])
             elif spec.type == "dropout":
@@ -173,6 +195,14 @@ def build_network(
                 raise SpecError(f"{where}: the input is already pooled ({current})")
             layer = backend.global_pool(group, current, p["mode"])
             out = FieldType("vector", current.channels)
+        elif spec.type == "orbit_pool":
+            if current.kind == "vector":
+                raise SpecError(f"{where}: the input is already pooled ({current})")
+            if image_size is None:
+                raise SpecError(f"{where}: orbit_pool needs the input image size to know its output size")
+            side = _spatial_size(specs[:i], image_size)
+            layer = backend.orbit_pool(group, current, p["mode"])
+            out = FieldType("vector", current.channels * side * side)
         elif spec.type == "linear":
             if current.kind != "vector":
                 raise SpecError(f"{where}: needs pooled features but gets {current}; put 'global_pool' before it")
@@ -229,4 +259,4 @@ def build_model(
         specs = parse_layers(layers)
         widths = widths or "fields"
     backend_obj = get_backend(backend).with_options(**(backend_options or {}))
-    return build_network(specs, backend_obj, get_group(group), in_channels, num_classes, widths)
+    return build_network(specs, backend_obj, get_group(group), in_channels, num_classes, widths, image_size)

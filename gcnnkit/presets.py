@@ -17,12 +17,22 @@ from gcnnkit.errors import SpecError
 
 @dataclass(frozen=True)
 class Preset:
-    """A named architecture: ``layers(image_size, in_channels)`` → spec list, and its width mode."""
+    """A named architecture: ``layers(image_size, in_channels)`` → spec list, and its width mode.
+
+    Presets that reproduce a published network also say where it comes from: ``group`` (the
+    group it was published on, ``C1`` for a CNN), ``image_size`` (the input it was published
+    for), ``reference`` and ``published_params`` (its parameter count as published, when the
+    source gives one; tests check that gcnnkit builds exactly that many).
+    """
 
     name: str
     description: str
     layers: Callable[[int, int], list[Any]]
     widths: str = "params"
+    group: str | None = None
+    image_size: int | None = None
+    reference: str = ""
+    published_params: int | None = None
 
 
 PRESETS: dict[str, Preset] = {}
@@ -110,5 +120,235 @@ register_preset(
         "gcnn-tiny",
         "smoke-test size: lift 3×3 + one group conv (CNN width 8), one pool, group and global pooling, linear",
         _gcnn_tiny,
+    )
+)
+
+
+# ------------------------------------------------------------------------------------------
+# Published architectures (see docs/results.md for what each reproduces and how it deviates)
+# ------------------------------------------------------------------------------------------
+def _uva_layers(bias: bool) -> Callable[[int, int], list[Any]]:
+    """UvA DL course GDL notebook / R ``gcnn``: lift + 4 group convs, 5×5, no padding, layer norm
+    without affine parameters over (C, |G|, H, W), ReLU, mean over group and space, linear head."""
+
+    def layers(image_size: int, in_channels: int) -> list[Any]:
+        conv = {"out": 32, "kernel": 5, "padding": 0, "bias": bias}  # CNN width 32 = 16 fields on C4
+        norm = {"type": "layernorm", "affine": False}
+        out: list[Any] = [{"type": "lift", **conv}, norm, "relu"]
+        for _ in range(4):
+            out += [{"type": "gconv", **conv}, norm, "relu"]
+        return out + [
+            {"type": "group_pool", "mode": "mean"},
+            {"type": "global_pool", "mode": "avg"},
+            {"type": "linear", "out": "classes"},
+        ]
+
+    return layers
+
+
+def _cohen_welling_layers(dropout: float) -> Callable[[int, int], list[Any]]:
+    """Cohen & Welling (2016) §8.1 Z2CNN / P4CNN as in tscohen/gconv_experiments: 6 blocks of 3×3
+    conv (no padding) + batch norm + ReLU, 2×2 max pool after block 2, a last conv whose kernel
+    covers the remaining map (4×4 on 28×28 → 1×1) with one field per class, max over rotations and
+    space. ``dropout`` after blocks 1, 3, 4, 5, 6 (Z2CNN: 0.3; P4CNN: none, as in the released code)."""
+
+    def layers(image_size: int, in_channels: int) -> list[Any]:
+        def block(kind: str) -> list[Any]:
+            return [{"type": kind, "out": 20, "kernel": 3, "padding": 0}, "batchnorm", "relu"]
+
+        drop = [{"type": "dropout", "p": dropout}] if dropout else []
+        size = image_size - 4
+        out = block("lift") + drop + block("gconv") + [_pool(size)]
+        for _ in range(4):
+            out += block("gconv") + drop
+        top = max(1, _after_pool(size) - 8)  # 4 on MNIST: the 4×4 map becomes 1×1
+        return out + [
+            {"type": "gconv", "out": "classes", "kernel": top, "padding": 0},
+            {"type": "group_pool", "mode": "max"},
+            {"type": "global_pool", "mode": "max"},
+        ]
+
+    return layers
+
+
+def _c4cnn_gdl(image_size: int, in_channels: int) -> list[Any]:
+    """GDL course tutorial 2 C4CNN (jipq6175's write-up): lift 8 fields (no activation), 4 group convs
+    of 16-32-64-128 fields, 3×3, padding 1, bias, each + ReLU, a 3×3/stride 2/padding 1 max pool over
+    space after the first three, rotation-averaged (orbit) pooling, MLP 3200-256-32-classes."""
+    sizes = [image_size]
+    for _ in range(3):
+        sizes.append(_after_pool(sizes[-1]))
+    out: list[Any] = [{"type": "lift", "out": 16, "kernel": 3, "padding": 1}]
+    for i, width in enumerate((32, 64, 128, 256)):
+        out += [{"type": "gconv", "out": width, "kernel": 3, "padding": 1}, "relu"]
+        if i < 3:
+            out.append(_pool(sizes[i]))
+    return out + [
+        {"type": "orbit_pool", "mode": "mean"},
+        {"type": "linear", "out": 256},
+        "relu",
+        {"type": "linear", "out": 32},
+        "relu",
+        {"type": "linear", "out": "classes"},
+    ]
+
+
+def _cnn_gdl(image_size: int, in_channels: int) -> list[Any]:
+    """The CNN the GDL C4CNN is compared with: 3×3 convs without padding (8-16-32-64-128), ReLU,
+    3×3/stride 2/padding 1 max pools after the 2nd-4th, MLP 128-32-classes on the pooled features."""
+    pool = {"type": "pool", "mode": "max", "kernel": 3, "stride": 2, "padding": 1}
+    out: list[Any] = [{"type": "lift", "out": 8, "kernel": 3, "padding": 0}, "relu"]
+    for i, width in enumerate((16, 32, 64, 128)):
+        out += [{"type": "gconv", "out": width, "kernel": 3, "padding": 0}, "relu"]
+        if i < 3:
+            out.append(pool)
+    return out + [
+        {"type": "group_pool", "mode": "max"},
+        {"type": "global_pool", "mode": "avg"},  # the map is 1×1 on 33×33 inputs: the published flatten
+        {"type": "linear", "out": 32},
+        "relu",
+        {"type": "linear", "out": "classes"},
+    ]
+
+
+def _eqcnn(image_size: int, in_channels: int) -> list[Any]:
+    """DEV article SimpleCNN / EqCNN: 3×3 convs (8, 16 channels, padding 1) + SiLU + 2×2 max pool,
+    a last conv (16 channels) whose kernel covers the remaining map (7×7 on MNIST → 1×1) + SiLU,
+    max over rotations, linear head."""
+    s1 = _after_pool(image_size)
+    s2 = _after_pool(s1)
+    return [
+        {"type": "lift", "out": 8, "kernel": 3},
+        "silu",
+        _pool(image_size),
+        {"type": "gconv", "out": 16, "kernel": 3},
+        "silu",
+        _pool(s1),
+        {"type": "gconv", "out": 16, "kernel": s2, "padding": 0},
+        "silu",
+        {"type": "group_pool", "mode": "max"},
+        {"type": "global_pool", "mode": "max"},
+        {"type": "linear", "out": "classes"},
+    ]
+
+
+_UVA = "UvA DL course, DL2 GDL tutorial 1 'Regular group convolutions' (D. Knigge), uvadlc-notebooks"
+_POSIT = "R package gcnn (github.com/skeydan/gcnn), S. Keydana, Posit AI blog 2023-03-27"
+_CW = "Cohen & Welling, Group Equivariant Convolutional Networks, ICML 2016, §8.1 (tscohen/gconv_experiments)"
+_GDL = "GDL course (AMMI) tutorial 2 C4CNN, as trained in jipq6175.github.io/blog/2023/c4_convolution"
+_DEV = "R. Freiberg, 'The 1 Principle to Build Regular Equivariant CNNs', DEV Community"
+
+register_preset(
+    Preset(
+        "gcnn-uva",
+        "UvA GDL notebook GroupEquivariantCNN: lift + 4 group convs of 16 fields on C4 (CNN width 32), 5×5, "
+        "no padding, no bias, layer norm without affine, ReLU, mean over group and space, linear head",
+        _uva_layers(bias=False),
+        group="C4",
+        image_size=28,
+        reference=_UVA,
+        published_params=102_970,
+    )
+)
+register_preset(
+    Preset(
+        "cnn-uva",
+        "UvA GDL notebook CNN: 5 convs of 32 channels, 5×5, no padding, with bias, layer norm without affine, "
+        "ReLU, global average pool, linear head",
+        _uva_layers(bias=True),
+        group="C1",
+        image_size=28,
+        reference=_UVA,
+        published_params=103_690,
+    )
+)
+register_preset(
+    Preset(
+        "gcnn-posit",
+        "R gcnn GroupEquivariantCNN (a port of the UvA notebook, same layers as gcnn-uva): C4, kernel 5, lift + "
+        "4 hidden group convs of 16 fields, no bias, layer norm, ReLU, mean over group and space, linear head",
+        _uva_layers(bias=False),
+        group="C4",
+        image_size=28,
+        reference=_POSIT,
+    )
+)
+register_preset(
+    Preset(
+        "cnn-posit",
+        "the CNN the R gcnn post compares with (same layers as cnn-uva): 5 convs of 32 channels, 5×5, "
+        "layer norm, ReLU, global average pool, linear head",
+        _uva_layers(bias=True),
+        group="C1",
+        image_size=28,
+        reference=_POSIT,
+    )
+)
+register_preset(
+    Preset(
+        "z2cnn",
+        "Cohen & Welling Z2CNN: 7 convs (six 3×3 of 20 channels + batch norm + ReLU, the last covering the "
+        "remaining 4×4 map with one channel per class), max pool after layer 2, dropout 0.3, max over space",
+        _cohen_welling_layers(dropout=0.3),
+        group="C1",
+        image_size=28,
+        reference=_CW,
+    )
+)
+register_preset(
+    Preset(
+        "p4cnn",
+        "Cohen & Welling P4CNN: Z2CNN with p4 convolutions of 10 fields (CNN width 20), no dropout (as in the "
+        "released code), last 4×4 group conv on the 4×4 map with one field per class, max over rotations",
+        _cohen_welling_layers(dropout=0.0),
+        group="C4",
+        image_size=28,
+        reference=_CW,
+    )
+)
+register_preset(
+    Preset(
+        "c4cnn-gdl",
+        "GDL tutorial C4CNN: lift 8 fields, group convs of 16-32-64-128 fields (CNN widths x2), 3×3, ReLU, "
+        "3 spatial max pools, rotation-averaged (orbit) pooling, MLP head 256-32; published on 33×33 MNIST-rot",
+        _c4cnn_gdl,
+        group="C4",
+        image_size=33,
+        reference=_GDL,
+    )
+)
+register_preset(
+    Preset(
+        "cnn-gdl",
+        "the CNN the GDL C4CNN is compared with: 3×3 convs 8-16-32-64-128 without padding, ReLU, 3 max pools, "
+        "MLP head 32",
+        _cnn_gdl,
+        widths="fields",
+        group="C1",
+        image_size=33,
+        reference=_GDL,
+    )
+)
+register_preset(
+    Preset(
+        "simplecnn",
+        "DEV article SimpleCNN: 3×3 convs of 8 and 16 channels + SiLU + 2×2 max pool, a 7×7 conv of 16 "
+        "channels on the 7×7 map, linear head",
+        _eqcnn,
+        group="C1",
+        image_size=28,
+        reference=_DEV,
+        published_params=13_978,
+    )
+)
+register_preset(
+    Preset(
+        "eqcnn",
+        "DEV article EqCNN: simplecnn as a G-CNN with the same parameter budget (4-8-8 fields on C4), SiLU, "
+        "max pooling over space, max over rotations, linear head",
+        _eqcnn,
+        group="C4",
+        image_size=28,
+        reference=_DEV,
     )
 )

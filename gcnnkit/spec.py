@@ -13,6 +13,11 @@ mapping ``{type: ..., **params}``::
       - {type: global_pool, mode: avg}
       - {type: linear, out: classes}
 
+Besides these, ``layernorm`` (per-sample normalisation with a per-field affine map),
+``orbit_pool`` (pool over the group and its action on the map, then flatten: an invariant
+vector that keeps the spatial layout) and ``lift``/``gconv`` with ``out: classes`` (one field per
+class) serve the published networks of :mod:`gcnnkit.presets`.
+
 The same spec builds on any backend and any group; on the trivial group ``C1`` it is a plain
 CNN. :func:`parse_layers` validates a spec and returns :class:`LayerSpec` objects with every
 default filled in, so the resolved spec written next to a run says exactly what was built.
@@ -30,7 +35,7 @@ from gcnnkit.errors import SpecError
 REQUIRED = object()
 
 _CONV_PARAMS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "out": ((int,), REQUIRED),
+    "out": ((int, str), REQUIRED),  # an int, or "classes": one field per class (whatever the width mode)
     "kernel": ((int,), 3),
     "stride": ((int,), 1),
     "padding": ((int, str), "same"),
@@ -43,6 +48,7 @@ LAYER_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "lift": _CONV_PARAMS,
     "gconv": _CONV_PARAMS,
     "batchnorm": {},
+    "layernorm": {"affine": ((bool,), True), "eps": ((float, int), 1e-5)},
     "act": {"fn": ((str,), "relu")},
     "dropout": {"p": ((float, int), 0.5)},
     "pool": {
@@ -53,6 +59,7 @@ LAYER_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
     "group_pool": {"mode": ((str,), "max")},
     "global_pool": {"mode": ((str,), "avg")},
+    "orbit_pool": {"mode": ((str,), "mean")},
     "linear": {"out": ((int, str), "classes"), "bias": ((bool,), True)},
 }
 
@@ -62,6 +69,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("pool", "mode"): ("max", "avg"),
     ("group_pool", "mode"): ("max", "mean"),
     ("global_pool", "mode"): ("max", "avg"),
+    ("orbit_pool", "mode"): ("mean", "max"),
 }
 
 LAYER_TYPES: tuple[str, ...] = tuple(LAYER_PARAMS) + tuple(ACTIVATIONS)
@@ -127,13 +135,18 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
         if t == layer_type and params[name] not in choices:
             raise SpecError(f"{where}.{name}: {params[name]!r} is not allowed; allowed: {', '.join(choices)}")
     if layer_type in ("lift", "gconv"):
-        if params["out"] < 1 or params["kernel"] < 1 or params["stride"] < 1 or params["dilation"] < 1:
+        out = params["out"]
+        if isinstance(out, str) and out != "classes":
+            raise SpecError(f"{where}.out: {out!r} is not allowed; allowed: an int >= 1 or 'classes'")
+        if (isinstance(out, int) and out < 1) or params["kernel"] < 1 or params["stride"] < 1 or params["dilation"] < 1:
             raise SpecError(f"{where}: out, kernel, stride and dilation must be >= 1, got {params}")
         pad = params["padding"]
         if isinstance(pad, str) and pad != "same":
             raise SpecError(f"{where}.padding: {pad!r} is not allowed; allowed: 'same' or an int >= 0")
         if isinstance(pad, int) and pad < 0:
             raise SpecError(f"{where}.padding: must be >= 0, got {pad}")
+    if layer_type == "layernorm" and not params["eps"] > 0:
+        raise SpecError(f"{where}.eps: must be > 0, got {params['eps']}")
     if layer_type == "linear":
         out = params["out"]
         if (isinstance(out, str) and out != "classes") or (isinstance(out, int) and out < 1):

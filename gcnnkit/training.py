@@ -140,7 +140,12 @@ def resolve_device(spec: str) -> torch.device:
     """``auto`` → ``cuda`` when available, else ``cpu``; refuses CUDA devices that are not there."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: {spec!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: {spec!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device: {spec!r} is not available (no CUDA device found); use auto or cpu")
