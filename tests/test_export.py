@@ -493,7 +493,7 @@ warnings.simplefilter("ignore")
 import torch
 {loader}
 folder = {folder!r}
-x = torch.load(folder + "/input.pt")
+x = torch.load(folder + "/input.pt", weights_only=True)
 out = {{}}
 out["state"] = load_plain(folder + "/model.state")(x)
 out["torchscript"] = torch.jit.load(folder + "/model.torchscript")(x)
@@ -517,7 +517,7 @@ def test_exported_files_run_where_gcnnkit_cannot_be_imported(exported):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("[]")  # none of the blocked packages got loaded
-    outputs = torch.load(folder / "outputs.pt")
+    outputs = torch.load(folder / "outputs.pt", weights_only=True)
     expected = {"state", "torchscript"} | ({"onnx"} if "onnx" in files and _has("onnxruntime") else set())
     assert expected <= set(outputs)
     with torch.no_grad():
