@@ -215,11 +215,9 @@ class FieldLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.layer_norm(x, x.shape[1:], eps=self.eps)
-        if self.weight is not None:
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        # one group over all of (C, ...) is a per-sample layer norm; group_norm's affine is per channel
+        # (axis 1), i.e. per field — the same result as layer_norm + broadcasting, in one fused op
+        return F.group_norm(x, 1, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, affine={self.weight is not None}, eps={self.eps:g}"
