@@ -565,3 +565,46 @@ def test_short_training_run_on_escnn(tmp_path):
     result = CliRunner().invoke(main, ["train", str(config), "--out", str(run), "--resume", "--set", "train.epochs=2"])
     assert result.exit_code == 0, result.output
     assert json.loads((run / training.SUMMARY_FILE).read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    "group_name,preset,options",
+    [
+        ("C4", "gcnn-uva", None),
+        ("D4", "c4cnn-gdl", {"basis": "complete"}),
+        ("D4", "p4cnn", None),
+        ("C1", "cnn-uva", None),
+    ],
+)
+def test_fast_he_init_equals_escnns_and_draws_the_same_weights(group_name, preset, options):
+    """gcnnkit_escnn.init computes escnn's generalised He init per block; the numbers are escnn's."""
+    from gcnnkit_escnn._compat import enn
+    from gcnnkit_escnn.init import generalized_he_init, he_init_std
+
+    net = build_model(
+        "escnn", group_name, in_channels=1, image_size=33, num_classes=10, preset=preset, backend_options=options
+    )
+    convs = [m for m in net.modules() if isinstance(m, enn.R2Conv)]
+    assert convs
+    for conv in convs:
+        basis = conv.basisexpansion
+        assert torch.equal(he_init_std(basis), enn.init._generalized_he_init_variances(basis))
+        ours, theirs = torch.empty(basis.dimension()), torch.empty(basis.dimension())
+        torch.manual_seed(3)
+        generalized_he_init(ours, basis)
+        torch.manual_seed(3)
+        enn.init.generalized_he_init(theirs, basis)
+        assert torch.equal(ours, theirs)
+
+
+def test_fast_he_init_falls_back_to_escnn_for_other_basis_managers(monkeypatch):
+    from gcnnkit_escnn import init as fast
+
+    class Other:
+        def dimension(self):
+            return 3
+
+    calls = []
+    monkeypatch.setattr(fast.escnn_init, "_generalized_he_init_variances", lambda b: calls.append(b) or torch.ones(3))
+    assert torch.equal(fast.he_init_std(Other()), torch.ones(3))
+    assert len(calls) == 1

@@ -40,6 +40,7 @@ from torch import nn
 from gcnnkit.group import Group
 from gcnnkit_escnn._compat import enn
 from gcnnkit_escnn.basis import complete_basis
+from gcnnkit_escnn.init import generalized_he_init
 from gcnnkit_escnn.spaces import escnn_group
 
 GeometricTensor = enn.GeometricTensor
@@ -246,7 +247,7 @@ class EscnnConv(EscnnLayer):
         )
         _private_basis(self.conv)
         if initialize:
-            enn.init.generalized_he_init(self.conv.weights.data, self.conv.basisexpansion)
+            generalized_he_init(self.conv.weights.data, self.conv.basisexpansion)
         out_index = eg.channel_index(self.out_fields)
         in_index = eg.channel_index(self.in_channels) if self.in_kind == "group" else None
         self.register_buffer("out_index", out_index, persistent=False)
