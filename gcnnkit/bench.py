@@ -456,10 +456,12 @@ def run_bench(
 
 
 def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> list[dict[str, Any]]:
-    backends = []
+    backends, first_build = [], {}
     for backend in case.backends:
         try:
+            t0 = time.perf_counter()
             case.build(backend, size)
+            first_build[backend] = time.perf_counter() - t0
         except UnsupportedGroupError as exc:
             skipped.append({"model": case.name, "backend": backend, "image_size": size, "reason": str(exc)})
             st.log(f"skipped {case.name} on {backend}: {exc}")
@@ -500,6 +502,7 @@ def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> lis
             "export_of": backends[0] if plain is not None else None,
             "params": params,
             "build_time_s": build_time,
+            "build_time_first_s": first_build,
             "time_s": {},
             "ratio_to_floor": {c.name: {} for c in contenders if c.name != FLOOR},
             "ratio_quartiles": {c.name: {} for c in contenders if c.name != FLOOR},

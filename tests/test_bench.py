@@ -127,6 +127,7 @@ def test_report_has_ratios_per_contender_and_mode_and_per_layer():
         assert entry["time_s"][mode][FLOOR] > 0 and entry["time_s"][mode]["native"] > 0
         assert entry["peak_memory_bytes"][mode]["native"] > 0
     assert set(entry["build_time_s"]) == {"native", FLOOR, EXPORT}
+    assert set(entry["build_time_first_s"]) == {"native"} and entry["build_time_first_s"]["native"] > 0
     names = [layer["name"] for layer in entry["layers"]]
     assert names == tiny().layer_names()
     lift = entry["layers"][0]
