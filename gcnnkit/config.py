@@ -103,6 +103,7 @@ class TrainConfig:
     gamma: float = option(0.1, "float", gt=0)
     label_smoothing: float = option(0.0, "float", ge=0, lt=1)
     mixed_precision: str = option("none", "str", choices=PRECISIONS)
+    channels_last: bool = option(False, "bool")
 
 
 @dataclass

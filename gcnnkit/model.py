@@ -36,7 +36,11 @@ class EquivariantNet(nn.Module):
         backend_name: name of the backend that built the layers.
         specs: the resolved layer specs.
         in_types / out_types: field type before / after each layer.
+        channels_last: whether convolutions run in ``torch.channels_last`` (NHWC) memory format
+            (:meth:`set_channels_last`).
     """
+
+    channels_last: bool = False
 
     def __init__(
         self,
@@ -57,9 +61,30 @@ class EquivariantNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` images → ``[B, classes]`` logits (or the last layer's type)."""
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def set_channels_last(self, enabled: bool = True) -> EquivariantNet:
+        """Run every convolution in ``torch.channels_last`` (NHWC) memory format, or back in NCHW.
+
+        Layers that declare a ``channels_last`` attribute (the convolutions of the native and escnn
+        backends) make their ``conv2d`` input and filter bank NHWC, so their ``[B, C·|G|, H, W]``
+        outputs — and the ``[B, C, |G|, H, W]`` views of them — stay NHWC through the pointwise
+        layers; plain ``nn.Conv2d`` layers get NHWC weights. Values are unchanged (up to float
+        rounding of another summation order); only the layout, hence the kernels, change. NHWC is
+        the layout of tensor-core convolutions on CUDA, mostly under bf16/fp16 autocast.
+        """
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for module in self.modules():
+            if module is not self and hasattr(module, "channels_last"):
+                module.channels_last = enabled
+            elif isinstance(module, nn.Conv2d):
+                module.weight.data = module.weight.data.contiguous(memory_format=fmt)
+        self.channels_last = enabled
+        return self
 
     @property
     def in_type(self) -> FieldType:

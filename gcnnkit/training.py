@@ -427,6 +427,8 @@ def _train(
         )
     seed_everything(config.seed)
     model = build_model_from_config(config).to(device)  # before loading data: config errors come first
+    if config.train.channels_last:
+        model.set_channels_last()
     with distributed.rank_zero_first(ctx):  # a download happens once per file system
         data = load_dataset(config.data, seed=config.seed).to(device)
     if main:

@@ -45,6 +45,7 @@ DEFAULTS = {
         "gamma": 0.1,
         "label_smoothing": 0.0,
         "mixed_precision": "none",
+        "channels_last": False,
     },
     "eval": {"protocols": ["upright", "rotated", "rot90"], "rotation_seed": 1234, "batch_size": 256},
     "required_plugins": [],

@@ -304,3 +304,30 @@ def test_dropout_is_identity_in_eval():
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(net(x), net(x))
+
+
+@pytest.mark.parametrize("backend", ["native", pytest.param("escnn", marks=pytest.mark.escnn)])
+@pytest.mark.parametrize("group", ["C1", "C4", "D4"])
+def test_channels_last_keeps_values_and_equivariance_and_runs_nhwc(backend, group):
+    if backend == "escnn":
+        pytest.importorskip("escnn")
+    net = build_model(backend, group, preset="gcnn-small", in_channels=3, image_size=17, num_classes=10).eval()
+    randomize_parameters(net)
+    x = torch.randn(4, 3, 17, 17)
+    with torch.no_grad():
+        expected = net(x)
+        assert net.set_channels_last() is net and net.channels_last
+        layouts = []
+        hooks = [layer.register_forward_hook(lambda m, i, y: layouts.append(y)) for layer in net.layers[:3]]
+        got = net(x)
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # the first convolution's output is NHWC: in its [B, C, |G|, H, W] view the channel axes are innermost
+    conv_out = layouts[0].flatten(1, 2) if layouts[0].ndim == 5 else layouts[0]
+    assert conv_out.is_contiguous(memory_format=torch.channels_last) and not conv_out.is_contiguous()
+    assert_network_equivariant(net, (3, 17, 17))
+    net.set_channels_last(False)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
+    assert not net.channels_last

@@ -175,6 +175,20 @@ def test_bf16_autocast_on_cpu(tmp_path):
     assert math.isfinite(train(config, tmp_path / "r", log=None).train_loss)
 
 
+def test_channels_last_trains_the_same_model(tmp_path):
+    """channels_last changes the layout of every convolution, not the run: same losses, same weights."""
+    runs = {}
+    for flag in (False, True):
+        # plain SGD: Adam's g/√v would magnify the float rounding of another summation order
+        config = tiny(train={"epochs": 1, "optimizer": "sgd", "channels_last": flag}, data={"train_size": 64})
+        summary = train(config, tmp_path / str(flag), log=None)
+        state = torch.load(tmp_path / str(flag) / "checkpoint.pt", weights_only=True)["model"]
+        runs[flag] = summary.train_loss, state
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-5)
+
+
 def test_fp16_needs_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

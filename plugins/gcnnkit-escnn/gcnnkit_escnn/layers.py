@@ -200,6 +200,8 @@ class EscnnConv(EscnnLayer):
     """
 
     escnn_children = ("conv",)
+    #: run ``conv2d`` in NHWC (set by :meth:`gcnnkit.model.EquivariantNet.set_channels_last`)
+    channels_last: bool = False
 
     def __init__(
         self,
@@ -309,7 +311,11 @@ class EscnnConv(EscnnLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _filter, _bias = self._expanded()
-        y = F.conv2d(_as_fields(x), _filter, _bias, self.stride, self.padding, self.dilation)
+        x = _as_fields(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            _filter = _filter.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, _filter, _bias, self.stride, self.padding, self.dilation)
         return y.unflatten(1, (self.out_fields, self.group.order))
 
     @property

@@ -29,6 +29,9 @@ _is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.i
 class _GroupConvBase(nn.Module):
     """Shared machinery: conv hyper-parameters, bias per field, eval-mode filter-bank cache."""
 
+    #: run ``conv2d`` in NHWC (set by :meth:`gcnnkit.model.EquivariantNet.set_channels_last`)
+    channels_last: bool = False
+
     def __init__(
         self,
         group: Group,
@@ -87,6 +90,9 @@ class _GroupConvBase(nn.Module):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         bank, bias = self._expanded()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            bank = bank.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, bank, bias, self.stride, self.padding, self.dilation)
 
     def export_plain(self) -> nn.Conv2d:
