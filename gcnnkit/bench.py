@@ -311,6 +311,7 @@ class _Settings:
     seed: int
     clock: str
     log: Callable[[str], None]
+    channels_last: bool = False
 
 
 def _quartiles(values: Sequence[float]) -> list[float]:
@@ -392,6 +393,7 @@ def run_bench(
     seed: int = 0,
     clock: str = "wall",
     log: Callable[[str], None] | None = None,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Benchmark ``cases`` against their floor; returns a JSON-able report.
 
@@ -406,6 +408,9 @@ def run_bench(
         repeats: timed repetitions per contender (interleaved); at least 1.
         min_time: each timed sample runs the step enough times to last about this long.
         clock: ``wall`` or ``cpu`` (process CPU time, CPU device only; see :data:`CLOCKS`).
+        channels_last: every contender in ``torch.channels_last`` (NHWC): the models through
+            :meth:`~gcnnkit.model.EquivariantNet.set_channels_last`, the floor and the export with
+            NHWC weights, and the input batch NHWC.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
     if repeats < 1:
@@ -418,7 +423,7 @@ def run_bench(
         raise GcnnkitError("--clock cpu measures CPU time and cannot time a CUDA device; use --clock wall")
     st = _Settings(
         dev, list(batch_sizes), repeats, per_layer, export, memory, warmup, min_time, build_repeats, seed, clock,
-        log or (lambda _msg: None),
+        log or (lambda _msg: None), channels_last,
     )  # fmt: skip
     report: dict[str, Any] = {
         "device": str(dev),
@@ -433,6 +438,7 @@ def run_bench(
             "min_time_s": min_time,
             "clock": "cuda events" if dev.type == "cuda" else clock,
             "per_layer": per_layer,
+            "channels_last": channels_last,
         },
         "memory_method": None,
         "results": [],
@@ -482,6 +488,12 @@ def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> lis
         t0 = time.perf_counter()
         plain = export_model(first, image_size=size)
         build_time[EXPORT] = time.perf_counter() - t0
+    if st.channels_last:
+        for net in nets.values():
+            net.set_channels_last()
+        for plain_module in (floor, plain):
+            if plain_module is not None:
+                plain_module.to(memory_format=torch.channels_last)
     params = {b: net.num_parameters() for b, net in nets.items()}
     params[FLOOR] = sum(p.numel() for p in floor.parameters())
     results = []
@@ -489,6 +501,8 @@ def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> lis
         st.log(f"{case.name} {case.group} {size}x{size} batch {batch}: floor, {', '.join(backends)}")
         gen = torch.Generator().manual_seed(st.seed)
         x = torch.randn(batch, case.in_channels, size, size, generator=gen).to(st.device)
+        if st.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         contenders = [_Contender(FLOOR, floor, x)]
         contenders += [_Contender(b, nets[b], x) for b in backends]
         if plain is not None:

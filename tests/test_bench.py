@@ -202,6 +202,35 @@ def test_cli_bench_json(tiny_config):
     assert "layers" not in entry
 
 
+def test_cli_bench_channels_last_runs_every_contender_nhwc(tiny_config, monkeypatch):
+    import gcnnkit.bench as bench
+
+    seen = []
+    original = bench._interleaved
+
+    def spy(contenders, mode, st):
+        seen.extend((c.name, c.module, c.x) for c in contenders)
+        return original(contenders, mode, st)
+
+    monkeypatch.setattr(bench, "_interleaved", spy)
+    args = ["bench", str(tiny_config), "--batch-sizes", "2", "--repeats", "1", "--min-time", "0", "--no-per-layer"]
+    args.append("--channels-last")
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["settings"]["channels_last"] is True
+    assert report["results"][0]["ratio_to_floor"]["native"]["train"] > 0
+    names = {name for name, _, _ in seen}
+    assert names == {FLOOR, "native", EXPORT}
+    for name, module, x in seen:
+        assert x.is_contiguous(memory_format=torch.channels_last), name
+        if name == "native":
+            assert module.channels_last
+        else:
+            convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+            assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs), name
+
+
 def test_cli_bench_presets_table(tmp_path):
     out = tmp_path / "bench.json"
     args = [

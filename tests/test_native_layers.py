@@ -583,3 +583,34 @@ def test_backend_refuses_bad_modes_and_options():
     for name in NATIVE_GROUPS:
         be.require(registered_group(name))  # every native group is supported
         assert be.supports(registered_group(name)) is None
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("track", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_field_batch_norm_in_nhwc_is_batchnorm3d_and_keeps_the_layout(momentum, track, affine):
+    from gcnnkit_native.layers import FieldBatchNorm
+
+    torch.manual_seed(0)
+    ref = FieldBatchNorm(6, momentum=momentum, track_running_stats=track, affine=affine)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-1.0, 1.0)
+    nhwc = copy.deepcopy(ref)
+    nhwc.channels_last = True
+    for _ in range(3):
+        x = (torch.randn(4, 6 * 4, 5, 5) * 3 + 1).contiguous(memory_format=torch.channels_last).unflatten(1, (6, 4))
+        x.requires_grad_()
+        expected, got = ref(x), nhwc(x)
+        assert got.flatten(1, 2).is_contiguous(memory_format=torch.channels_last)
+        grad = torch.randn_like(expected)
+        got_grads = torch.autograd.grad(got, (x, nhwc.weight, nhwc.bias) if affine else (x,), grad)
+        expected_grads = torch.autograd.grad(expected, (x, ref.weight, ref.bias) if affine else (x,), grad)
+        for a, b in zip(got_grads, expected_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for name, buffer in ref.named_buffers():
+        torch.testing.assert_close(getattr(nhwc, name), buffer, rtol=1e-5, atol=1e-6)
+    ref.eval(), nhwc.eval()
+    torch.testing.assert_close(nhwc(x), ref(x), rtol=1e-5, atol=1e-5)

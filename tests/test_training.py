@@ -189,6 +189,11 @@ def test_channels_last_trains_the_same_model(tmp_path):
         torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-5)
 
 
+def test_channels_last_with_bf16_autocast(tmp_path):
+    config = tiny(train={"epochs": 1, "channels_last": True, "mixed_precision": "bf16"}, data={"train_size": 64})
+    assert math.isfinite(train(config, tmp_path / "r", log=None).train_loss)
+
+
 def test_fp16_needs_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

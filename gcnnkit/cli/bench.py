@@ -49,6 +49,9 @@ from gcnnkit.cli._common import set_option, to_json
     help="CPU only: 'cpu' times process CPU time, steadier on a machine shared with other jobs.",
 )
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option(
+    "--channels-last", is_flag=True, help="Every contender (models, floor, export, input) in NHWC memory format."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report (ratios under ratio_to_floor).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON report to this file.")
 def command(
@@ -66,6 +69,7 @@ def command(
     export: bool,
     clock: str,
     threads: int | None,
+    channels_last: bool,
     as_json: bool,
     out: str | None,
 ) -> None:
@@ -120,6 +124,7 @@ def command(
         per_layer=per_layer,
         export=export,
         clock=clock,
+        channels_last=channels_last,
         log=lambda msg: click.echo(msg, err=True),
     )
     if out:

@@ -90,10 +90,12 @@ class _GroupConvBase(nn.Module):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         bank, bias = self._expanded()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-            bank = bank.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, bank, bias, self.stride, self.padding, self.dilation)
+        if not self.channels_last:
+            return F.conv2d(x, bank, bias, self.stride, self.padding, self.dilation)
+        x = x.contiguous(memory_format=torch.channels_last)
+        bank = bank.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, bank, bias, self.stride, self.padding, self.dilation)
+        return y.contiguous(memory_format=torch.channels_last)  # one input channel leaves conv2d free to pick
 
     def export_plain(self) -> nn.Conv2d:
         """This layer as a plain ``nn.Conv2d`` on the flattened layout (``[B, C·|G|, H, W]``), with
@@ -259,4 +261,79 @@ class GroupPool(nn.Module):
 
 class FieldBatchNorm(nn.BatchNorm3d):
     """Batch norm for ``[B, C, |G|, H, W]`` with statistics and affine shared over the group axis
-    (one per field), which keeps it equivariant. Plain images use ``nn.BatchNorm2d``."""
+    (one per field), which keeps it equivariant. Plain images use ``nn.BatchNorm2d``.
+
+    With ``channels_last`` (set by :meth:`gcnnkit.model.EquivariantNet.set_channels_last`) and an
+    NHWC input — the ``[B, C·|G|, H, W]`` output of a convolution viewed as 5D — ``BatchNorm3d``
+    would return NCHW and the next convolution would convert back. :class:`_FieldBatchNormNHWC`
+    computes the same normalisation on the NHWC ``[B, C·|G|, H, W]`` view instead, with its own
+    backward, and keeps the layout; values, gradients and running statistics are BatchNorm3d's.
+    """
+
+    channels_last: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (
+            self.channels_last and x.ndim == 5 and x.flatten(1, 2).is_contiguous(memory_format=torch.channels_last)
+        ):
+            return super().forward(x)
+        if self.training or not self.track_running_stats:
+            running = None
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                running = (self.running_mean, self.running_var, momentum)
+            y = _FieldBatchNormNHWC.apply(x.flatten(1, 2), self.weight, self.bias, x.shape[2], self.eps, running)
+        else:  # eval: a per-channel affine map, BatchNorm2d's NHWC kernel with the field statistics repeated
+            n = x.shape[2]
+            rep = lambda t: None if t is None else t.repeat_interleave(n)  # noqa: E731
+            y = F.batch_norm(
+                x.flatten(1, 2), rep(self.running_mean), rep(self.running_var), rep(self.weight), rep(self.bias),
+                False, 0.0, self.eps,
+            )  # fmt: skip
+        return y.unflatten(1, (x.shape[1], x.shape[2]))
+
+
+class _FieldBatchNormNHWC(torch.autograd.Function):
+    """Training-mode field batch norm on ``x [B, C·|G|, H, W]`` (any layout, NHWC kept):
+    statistics per field over ``(B, |G|, H, W)`` from per-channel sums, then one fused per-channel
+    normalisation; backward ``dx = a·dy + b·x + c`` per channel, the batch-norm gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, n, eps, running):
+        c = x.shape[1] // n
+        xf = x.float()
+        var_ch, mean_ch = torch.var_mean(xf, dim=(0, 2, 3), correction=0)  # [C·|G|]
+        mean = mean_ch.view(c, n).mean(1)
+        var = (var_ch + mean_ch.square()).view(c, n).mean(1) - mean.square()
+        count = x.numel() // c
+        if running is not None:
+            running_mean, running_var, momentum = running
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_((var * (count / max(count - 1, 1))).to(running_var.dtype), momentum)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight.float()
+        shift = -mean * scale if bias is None else bias.float() - mean * scale
+        y = torch.addcmul(shift.repeat_interleave(n)[:, None, None], xf, scale.repeat_interleave(n)[:, None, None])
+        ctx.save_for_backward(x, mean, invstd, weight)
+        ctx.n, ctx.count, ctx.has_bias = n, count, bias is not None
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, invstd, weight = ctx.saved_tensors
+        n, count = ctx.n, ctx.count
+        c = mean.shape[0]
+        dyf, xf = dy.float(), x.float()
+        sum_dy = dyf.sum(dim=(0, 2, 3)).view(c, n).sum(1)  # [C]
+        sum_dy_x = (dyf * xf).sum(dim=(0, 2, 3)).view(c, n).sum(1)
+        sum_dy_xmu = sum_dy_x - mean * sum_dy  # Σ dy·(x − μ)
+        w = torch.ones_like(mean) if weight is None else weight.float()
+        a = invstd * w
+        b = -a * invstd.square() * sum_dy_xmu / count
+        cst = -a * sum_dy / count - b * mean
+        rep = lambda t: t.repeat_interleave(n)[:, None, None]  # noqa: E731
+        dx = torch.addcmul(torch.addcmul(rep(cst), xf, rep(b)), dyf, rep(a)).to(x.dtype)
+        dweight = None if weight is None else (sum_dy_xmu * invstd).to(weight.dtype)
+        dbias = sum_dy.to(dy.dtype) if ctx.has_bias else None
+        return dx, dweight, dbias, None, None, None
