@@ -328,6 +328,10 @@ def test_channels_last_keeps_values_and_equivariance_and_runs_nhwc(backend, grou
         y4 = y.flatten(1, 2) if y.ndim == 5 else y
         assert y4.is_contiguous(memory_format=torch.channels_last) and not y4.is_contiguous()
     assert_network_equivariant(net, (3, 17, 17))
+    with torch.no_grad():  # eval: the cached bank is stored NHWC, not converted on every call
+        conv = net.layers[3]
+        bank = conv.filter_bank()
+        assert bank.is_contiguous(memory_format=torch.channels_last) and conv.filter_bank() is bank
     net.set_channels_last(False)
     with torch.no_grad():
         torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)

@@ -273,14 +273,21 @@ class EscnnConv(EscnnLayer):
         bypassed while ``torch.compile`` traces, so that graphs have no side effects)."""
         if self.training or torch.is_grad_enabled() or _is_compiling():
             self._cache = None
-            return self.expand()
+            return self._conv_parameters()
         sources = [t for t in (self.conv.weights, self.conv.bias, _block(self.conv).sampled_basis) if t is not None]
-        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
+        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources) + (self.channels_last,)
         if self._cache is None or self._cache[0] != key:
             # the cache keeps the source tensors alive: a replacement tensor (`.data =`, load_state_dict
             # with assign=True) cannot reuse a freed address with version 0 and match the key
-            self._cache = (key, self.expand(), [t.detach() for t in sources])
+            self._cache = (key, self._conv_parameters(), [t.detach() for t in sources])
         return self._cache[1]
+
+    def _conv_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`expand`, with the filter NHWC when ``channels_last``."""
+        _filter, _bias = self.expand()
+        if self.channels_last:
+            _filter = _filter.contiguous(memory_format=torch.channels_last)
+        return _filter, _bias
 
     def filter_bank(self) -> torch.Tensor:
         """``[out_fields·|G|, C_in(·|G|), k, k]``: the expanded filter in gcnnkit's channel order
@@ -313,8 +320,7 @@ class EscnnConv(EscnnLayer):
         _filter, _bias = self._expanded()
         x = _as_fields(x)
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-            _filter = _filter.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)  # the filter already is (_conv_parameters)
         y = F.conv2d(x, _filter, _bias, self.stride, self.padding, self.dilation)
         return y.unflatten(1, (self.out_fields, self.group.order))
 

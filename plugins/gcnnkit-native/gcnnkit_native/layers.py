@@ -56,20 +56,21 @@ class _GroupConvBase(nn.Module):
         self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def _expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Filter bank and per-channel bias; cached in eval mode without grad (not while compiling)."""
+        """Filter bank (NHWC with ``channels_last``) and per-channel bias; cached in eval mode without
+        grad (not while compiling)."""
         if _is_compiling():
-            return self._expand(), self._expand_bias()
+            return self._bank(), self._expand_bias()
         if self.training or torch.is_grad_enabled():
             self._cache = None
-            return self._expand(), self._expand_bias()
+            return self._bank(), self._expand_bias()
         w, b = self.weight, self.bias
-        key = (w._version, w.data_ptr(), w.device, w.dtype)
+        key = (w._version, w.data_ptr(), w.device, w.dtype, self.channels_last)
         if b is not None:
             key += (b._version, b.data_ptr())
         if self._cache is None or self._cache[0] != key:
             # Keep the cached weight's (and bias's) storage alive: otherwise a replacement weight (`.data =`,
             # load_state_dict(assign=True)) can get the freed address and version 0, matching the key.
-            self._cache = (key, self._expand(), self._expand_bias(), w.detach(), None if b is None else b.detach())
+            self._cache = (key, self._bank(), self._expand_bias(), w.detach(), None if b is None else b.detach())
         return self._cache[1], self._cache[2]
 
     def filter_bank(self) -> torch.Tensor:
@@ -79,6 +80,10 @@ class _GroupConvBase(nn.Module):
     def expanded_bias(self) -> torch.Tensor | None:
         """``[out_fields·|G|]``: each field's bias repeated over its ``|G|`` channels (or ``None``)."""
         return self._expanded()[1]
+
+    def _bank(self) -> torch.Tensor:
+        bank = self._expand()
+        return bank.contiguous(memory_format=torch.channels_last) if self.channels_last else bank
 
     def _expand(self) -> torch.Tensor:
         raise NotImplementedError
@@ -92,8 +97,7 @@ class _GroupConvBase(nn.Module):
         bank, bias = self._expanded()
         if not self.channels_last:
             return F.conv2d(x, bank, bias, self.stride, self.padding, self.dilation)
-        x = x.contiguous(memory_format=torch.channels_last)
-        bank = bank.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)  # the bank already is (see _bank)
         y = F.conv2d(x, bank, bias, self.stride, self.padding, self.dilation)
         return y.contiguous(memory_format=torch.channels_last)  # one input channel leaves conv2d free to pick
 
