@@ -35,9 +35,9 @@ _CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-from gcnnkit.model import build_model
-from gcnnkit.presets import get_preset
-from gcnnkit.registry import get_backend
+from gcnnkit.models.network import build_model
+from gcnnkit.models.presets import get_preset
+from gcnnkit.core.registry import get_backend
 backend, group, preset = sys.argv[1:4]
 torch.set_num_threads(int(sys.argv[4]))
 options = {"basis": sys.argv[5]} if backend == "escnn" and sys.argv[5] != "default" else None
@@ -68,8 +68,8 @@ def measure(backend: str, group: str, preset: str, threads: int, basis: str = "d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gcnnkit.bench import installed_backends
-    from gcnnkit.presets import PRESETS
+    from gcnnkit.models.presets import PRESETS
+    from gcnnkit.tools.bench import installed_backends
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", default="C4,D4", help="comma-separated groups (default: C4,D4)")

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from gcnnkit.bench import (
+from gcnnkit.core.errors import GcnnkitError
+from gcnnkit.core.registry import backend_names
+from gcnnkit.tools.bench import (
     CLOCKS,
     DEFAULT_REPEATS,
     format_report,
@@ -35,8 +37,6 @@ from gcnnkit.bench import (
     run_bench,
     summary_table,
 )
-from gcnnkit.errors import GcnnkitError
-from gcnnkit.registry import backend_names
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"native": ("train", 1.05), "export": ("eval", 1.02)}

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from gcnnkit.config import Config, load_config
-from gcnnkit.data import Dataset, DatasetInfo, dataset_info, load_dataset
-from gcnnkit.errors import (
+from gcnnkit.core.errors import (
     ConfigError,
     DataError,
     GcnnkitError,
@@ -28,12 +26,9 @@ from gcnnkit.errors import (
     SpecError,
     UnsupportedGroupError,
 )
-from gcnnkit.evaluation import EquivarianceReport, check_equivariance, evaluate, evaluate_run
-from gcnnkit.fields import FieldType
-from gcnnkit.group import Group, cyclic_group, dihedral_group
-from gcnnkit.model import EquivariantNet, build_model
-from gcnnkit.presets import PRESETS, get_preset
-from gcnnkit.registry import (
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import Group, cyclic_group, dihedral_group
+from gcnnkit.core.registry import (
     backend_names,
     get_backend,
     get_group,
@@ -42,7 +37,14 @@ from gcnnkit.registry import (
     register_backend,
     register_group,
 )
-from gcnnkit.training import RunSummary, build_model_from_config, train
+from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.models.presets import PRESETS, get_preset
+from gcnnkit.run.check import EquivarianceReport, check_equivariance
+from gcnnkit.run.config import Config, load_config
+from gcnnkit.run.data import Dataset, DatasetInfo, dataset_info, load_dataset
+from gcnnkit.run.evaluation import evaluate, evaluate_run
+from gcnnkit.run.rundir import build_model_from_config
+from gcnnkit.run.training import RunSummary, train
 
 try:
     __version__ = version("gcnnkit")

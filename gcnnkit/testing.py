@@ -14,11 +14,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from gcnnkit.equivariance import DEFAULT_TOLERANCE, EquivarianceResult, check_network, equivariance_errors
-from gcnnkit.fields import FieldType
-from gcnnkit.group import Group, check_group_axioms
-from gcnnkit.representation import regular_representation
-from gcnnkit.transforms import transform_image
+from gcnnkit.core.equivariance import DEFAULT_TOLERANCE, EquivarianceResult, check_network, equivariance_errors
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import Group, check_group_axioms
+from gcnnkit.core.representation import regular_representation
+from gcnnkit.core.transforms import transform_image
 
 
 def assert_group_axioms(group: Group) -> None:
@@ -64,7 +64,7 @@ def assert_network_equivariant(
     batch: int = 2,
     elements: Iterable[int | str] | None = None,
 ) -> list[EquivarianceResult]:
-    """Assert every layer and the whole :class:`~gcnnkit.model.EquivariantNet` are equivariant.
+    """Assert every layer and the whole :class:`~gcnnkit.models.network.EquivariantNet` are equivariant.
 
     ``elements`` defaults to the group's exact elements (all of them for C4/D4; the multiples of
     90° and the reflections for e.g. C8, whose other elements are interpolated).

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from gcnnkit.group import Group
+from gcnnkit.core.group import Group
 
 #: The groups shipped by the native plugin (entry points of ``gcnnkit-native``).
 NATIVE_GROUPS = ("C1", "C2", "C4", "D1", "D2", "D4")
@@ -29,7 +29,7 @@ EXPECTED_ELEMENTS = {
 
 def registered_group(name: str) -> Group:
     """A native group through the registry (what users get)."""
-    from gcnnkit.registry import get_group
+    from gcnnkit.core.registry import get_group
 
     return get_group(name)
 

@@ -71,8 +71,8 @@ def tiny_config(write_config) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A finished 2-epoch :data:`TINY_CONFIG` run, trained once per session. Copy it before changing it."""
-    from gcnnkit.config import Config
-    from gcnnkit.training import train
+    from gcnnkit.run.config import Config
+    from gcnnkit.run.training import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train(Config.from_dict(TINY_CONFIG), out_dir=run_dir, log=None)

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from conftest import CONFIGS, ROOT, TINY_CONFIG, merge
 
 from gcnnkit.cli import COMMANDS, main
-from gcnnkit.group import cyclic_group
-from gcnnkit.registry import REGISTRY, get_backend, register_backend, register_group
+from gcnnkit.core.group import cyclic_group
+from gcnnkit.core.registry import REGISTRY, get_backend, register_backend, register_group
 
 BROKEN_LAYERS = [
     {"type": "lift", "out": 4, "kernel": 3},
@@ -279,7 +279,7 @@ def test_plugins_json_reports_failures(runner):
         REGISTRY.unregister("backend", "broken")
     backends = {b["name"]: b for b in data["backends"]}
     assert backends["native"]["error"] is None and backends["native"]["distribution"] == "gcnnkit-native"
-    assert "expected a gcnnkit.backend.Backend, got int" in backends["broken"]["error"]
+    assert "expected a gcnnkit.core.backend.Backend, got int" in backends["broken"]["error"]
     assert {"C4", "D4"} <= {g["name"] for g in data["groups"]}
 
 

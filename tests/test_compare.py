@@ -13,17 +13,17 @@ from click.testing import CliRunner
 pytest.importorskip("escnn")
 
 from gcnnkit.cli import main  # noqa: E402
-from gcnnkit.compare import (  # noqa: E402
+from gcnnkit.core.errors import ConfigError  # noqa: E402
+from gcnnkit.core.group import cyclic_group  # noqa: E402
+from gcnnkit.core.registry import backend_names, get_backend  # noqa: E402
+from gcnnkit.models.network import build_model, build_network  # noqa: E402
+from gcnnkit.models.spec import parse_layers  # noqa: E402
+from gcnnkit.tools.compare import (  # noqa: E402
     compare_networks,
     export_weights,
     import_weights,
     parse_backends,
 )
-from gcnnkit.errors import ConfigError  # noqa: E402
-from gcnnkit.group import cyclic_group  # noqa: E402
-from gcnnkit.model import build_model, build_network  # noqa: E402
-from gcnnkit.registry import backend_names, get_backend  # noqa: E402
-from gcnnkit.spec import parse_layers  # noqa: E402
 
 pytestmark = pytest.mark.escnn
 if "escnn" not in backend_names():

@@ -10,8 +10,9 @@ from conftest import CONFIGS, TINY_CONFIG
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gcnnkit.config import PROTOCOLS, Config, apply_overrides, config_differences, load_config, parse_override
-from gcnnkit.errors import ConfigError, DataError, GcnnkitError, SpecError
+from gcnnkit.core.errors import ConfigError, DataError, GcnnkitError, SpecError
+from gcnnkit.run.config import Config, apply_overrides, config_differences, load_config, parse_override
+from gcnnkit.run.data import PROTOCOLS
 
 DEFAULTS = {
     "seed": 0,

@@ -7,8 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gcnnkit.config import Config, DataConfig
-from gcnnkit.data import (
+from gcnnkit.core.errors import DataError
+from gcnnkit.core.transforms import random_angles
+from gcnnkit.run.config import Config, DataConfig
+from gcnnkit.run.data import (
     Split,
     apply_protocol,
     augment_batch,
@@ -18,8 +20,6 @@ from gcnnkit.data import (
     normalise,
     protocol_batches,
 )
-from gcnnkit.errors import DataError
-from gcnnkit.transforms import random_angles
 
 
 def data_config(**changes) -> DataConfig:

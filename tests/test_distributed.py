@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun (2 CPU processes, gloo): one run directory written by
 rank 0, checkpoints that evaluate like a single process's, metrics reduced across processes,
-deterministic resume; and the pure helpers of :mod:`gcnnkit.distributed`.
+deterministic resume; and the pure helpers of :mod:`gcnnkit.run.distributed`.
 
 The multi-process tests start ``python -m torch.distributed.run --standalone --nproc_per_node=2``
 as a subprocess: once with the ``gcnnkit`` console script (the user's command line), once with
@@ -23,9 +23,9 @@ import pytest
 import torch
 import yaml
 
-from gcnnkit import distributed
-from gcnnkit.config import Config
-from gcnnkit.errors import ConfigError
+from gcnnkit.core.errors import ConfigError
+from gcnnkit.run import distributed
+from gcnnkit.run.config import Config
 
 HERE = Path(__file__).resolve()
 
@@ -127,23 +127,28 @@ def test_a_single_process_is_not_distributed(monkeypatch):
 
 
 def test_devices_under_torchrun(monkeypatch):
+    from gcnnkit.run.rundir import resolve_device
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.launched()
-    assert distributed.resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ConfigError, match=r"device: 'cuda:1' names one GPU, but under torchrun"):
-        distributed.resolve_device("cuda:1")
+    rank = distributed.local_rank()
+    assert rank == 1
+    assert resolve_device("cpu", local_rank=rank) == torch.device("cpu")
+    if torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device: 'cuda:1' names one GPU, but under torchrun"):
+            resolve_device("cuda:1", local_rank=rank)
     if torch.cuda.device_count() >= 2:
-        assert distributed.resolve_device("cuda") == torch.device("cuda", 1)
-        assert distributed.resolve_device("auto") == torch.device("cuda", 1)
+        assert resolve_device("cuda", local_rank=rank) == torch.device("cuda", 1)
+        assert resolve_device("auto", local_rank=rank) == torch.device("cuda", 1)
     elif not torch.cuda.is_available():
-        assert distributed.resolve_device("auto") == torch.device("cpu")
+        assert resolve_device("auto", local_rank=rank) == torch.device("cpu")
         with pytest.raises(ConfigError, match="is not available"):
-            distributed.resolve_device("cuda")
+            resolve_device("cuda", local_rank=rank)
 
 
 def test_no_parameter_is_unused_by_the_native_presets():
-    from gcnnkit.training import build_model_from_config
+    from gcnnkit.run.rundir import build_model_from_config
 
     model = build_model_from_config(Config.from_dict(DDP_CONFIG))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -177,7 +182,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 
 def test_rank_0_alone_logs_and_writes_the_run(ddp_run):
-    from gcnnkit.training import read_metrics
+    from gcnnkit.run.rundir import read_metrics
 
     run_dir, proc = ddp_run
     files = ["checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"]
@@ -196,7 +201,7 @@ def test_rank_0_alone_logs_and_writes_the_run(ddp_run):
 
 
 def test_the_checkpoint_is_the_plain_models_state_dict(ddp_run):
-    from gcnnkit.training import build_model_from_config
+    from gcnnkit.run.rundir import build_model_from_config
 
     run_dir, _ = ddp_run
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -210,8 +215,8 @@ def test_gcnnkit_eval_gives_the_accuracies_the_ddp_run_logged(ddp_run):
     from click.testing import CliRunner
 
     from gcnnkit.cli import main
-    from gcnnkit.evaluation import evaluate_run
-    from gcnnkit.training import read_metrics
+    from gcnnkit.run.evaluation import evaluate_run
+    from gcnnkit.run.rundir import read_metrics
 
     run_dir, _ = ddp_run
     logged = {p: read_metrics(run_dir)[-1][f"test_{p}"] for p in DDP_CONFIG["eval"]["protocols"]}
@@ -239,7 +244,7 @@ def test_two_nodes_train_what_one_node_trains(ddp_run, tmp_path):
     metrics of the 1-node, 2-process run: results depend on the number of processes only."""
     import socket
 
-    from gcnnkit.training import read_metrics
+    from gcnnkit.run.rundir import read_metrics
 
     run_dir, _ = ddp_run
     shutil.copy(run_dir.parent / "ddp.yaml", tmp_path / "ddp.yaml")
@@ -282,7 +287,7 @@ def test_collectives_and_sharded_evaluation_under_torchrun(worker_run):
 
 
 def test_resume_under_ddp_gives_the_weights_of_an_uninterrupted_run(worker_run):
-    from gcnnkit.training import CHECKPOINT_FILE, load_checkpoint, read_metrics
+    from gcnnkit.run.rundir import CHECKPOINT_FILE, load_checkpoint, read_metrics
 
     straight, resumed = (load_checkpoint(worker_run / name / CHECKPOINT_FILE) for name in ("straight", "split"))
     assert straight["epoch"] == resumed["epoch"] == 2
@@ -295,7 +300,8 @@ def test_resume_under_ddp_gives_the_weights_of_an_uninterrupted_run(worker_run):
 def test_a_ddp_run_resumes_in_a_single_process(worker_run, tmp_path):
     """``train.batch_size`` is global and the data order is the same for any number of processes,
     so a run may continue on another number of processes."""
-    from gcnnkit.training import read_metrics, train
+    from gcnnkit.run.rundir import read_metrics
+    from gcnnkit.run.training import train
 
     run_dir = Path(shutil.copytree(worker_run / "split", tmp_path / "run"))
     summary = train(_config(WORKER_CONFIG, epochs=3), run_dir, resume=True, log=None)
@@ -306,7 +312,8 @@ def test_a_ddp_run_resumes_in_a_single_process(worker_run, tmp_path):
 
 def test_a_ddp_step_is_a_step_on_the_global_batch(worker_run, tmp_path):
     """``train.batch_size`` is the global batch: 2 processes train (almost) the weights 1 does."""
-    from gcnnkit.training import CHECKPOINT_FILE, load_checkpoint, read_metrics, train
+    from gcnnkit.run.rundir import CHECKPOINT_FILE, load_checkpoint, read_metrics
+    from gcnnkit.run.training import train
 
     train(Config.from_dict(NO_BN_CONFIG), tmp_path / "alone", log=None)
     alone = load_checkpoint(tmp_path / "alone" / CHECKPOINT_FILE)["model"]
@@ -321,12 +328,12 @@ def test_a_ddp_step_is_a_step_on_the_global_batch(worker_run, tmp_path):
 @pytest.mark.escnn
 def test_the_escnn_backend_trains_under_ddp(tmp_path):
     pytest.importorskip("escnn")
-    from gcnnkit.registry import backend_names
+    from gcnnkit.core.registry import backend_names
 
     if "escnn" not in backend_names():
         pytest.skip("the escnn backend plugin (gcnnkit-escnn) is not installed")
-    from gcnnkit.evaluation import evaluate_run
-    from gcnnkit.training import read_metrics
+    from gcnnkit.run.evaluation import evaluate_run
+    from gcnnkit.run.rundir import read_metrics
 
     config = {**DDP_CONFIG, "model": {**DDP_CONFIG["model"], "backend": "escnn"}}
     config["train"] = {**config["train"], "epochs": 1}
@@ -344,9 +351,9 @@ def _worker(out: Path) -> None:
     this script creates (so train() must use it and leave it initialised)."""
     import torch.distributed as dist
 
-    from gcnnkit.data import load_dataset
-    from gcnnkit.evaluation import evaluate
-    from gcnnkit.training import train
+    from gcnnkit.run.data import load_dataset
+    from gcnnkit.run.evaluation import evaluate
+    from gcnnkit.run.training import train
 
     dist.init_process_group("gloo")
     ctx = distributed.setup(torch.device("cpu"))
@@ -393,7 +400,8 @@ def _worker(out: Path) -> None:
         model[1].weight.copy_(weight.T)
     protocols = ["upright", "rotated", "rot90", "flip"]
     kwargs = {"mean": data.mean, "std": data.std, "rotation_seed": 7, "batch_size": 7}
-    shared = distributed.evaluate(model, data.test, protocols, ctx, **kwargs)
+    total = lambda counts: distributed.all_sum(counts, ctx, torch.device("cpu"))  # noqa: E731
+    shared = evaluate(model, data.test, protocols, **kwargs, shard=(ctx.rank, ctx.world_size), total=total)
     alone = evaluate(model, data.test, protocols, **kwargs)
     assert shared == alone, (shared, alone)
     assert len(set(alone.values())) > 1 and alone["upright"] > 0.5, alone

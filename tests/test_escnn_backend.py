@@ -15,13 +15,13 @@ import torch
 
 pytest.importorskip("escnn")
 
-from gcnnkit.equivariance import check_network, equivariance_errors, relative_error  # noqa: E402
-from gcnnkit.errors import SpecError, UnsupportedGroupError  # noqa: E402
-from gcnnkit.fields import FieldType  # noqa: E402
-from gcnnkit.group import GROUP_API_VERSION, Group, cyclic_group, dihedral_group  # noqa: E402
-from gcnnkit.model import build_model, build_network  # noqa: E402
-from gcnnkit.registry import backend_names, get_backend, get_group  # noqa: E402
-from gcnnkit.spec import parse_layers  # noqa: E402
+from gcnnkit.core.equivariance import check_network, equivariance_errors, relative_error  # noqa: E402
+from gcnnkit.core.errors import SpecError, UnsupportedGroupError  # noqa: E402
+from gcnnkit.core.fields import FieldType  # noqa: E402
+from gcnnkit.core.group import GROUP_API_VERSION, Group, cyclic_group, dihedral_group  # noqa: E402
+from gcnnkit.core.registry import backend_names, get_backend, get_group  # noqa: E402
+from gcnnkit.models.network import build_model, build_network  # noqa: E402
+from gcnnkit.models.spec import parse_layers  # noqa: E402
 
 pytestmark = pytest.mark.escnn
 if "escnn" not in backend_names():
@@ -301,7 +301,7 @@ def test_noise_filter_keeps_a_large_cutoff_equivariant():
 def test_other_layers_cross_validate(group_name):
     from gcnnkit_escnn._compat import enn
 
-    from gcnnkit.compare import randomise_statistics
+    from gcnnkit.tools.compare import randomise_statistics
 
     group = get_group(group_name)
     esc, native = escnn_backend(), get_backend("native")
@@ -497,7 +497,7 @@ def test_missing_escnn_is_a_one_line_import_error_and_other_plugins_keep_working
         "    import gcnnkit_escnn\n"
         "except ImportError as exc:\n"
         "    print('IMPORT:' + str(exc))\n"
-        "from gcnnkit.registry import plugin_report, get_backend\n"
+        "from gcnnkit.core.registry import plugin_report, get_backend\n"
         "print('NATIVE:' + get_backend('native').name)\n"
         "print('REPORT:' + [i.error for i in plugin_report() if i.name == 'escnn'][0])\n"
     )
@@ -526,14 +526,14 @@ def test_pyproject_does_not_depend_on_escnn():
 # ----------------------------------------------------------------------------- training
 def test_short_training_run_on_escnn(tmp_path):
     """``gcnnkit train`` on the escnn backend, then ``--resume`` (loads the checkpoint, weights_only)."""
-    training = pytest.importorskip("gcnnkit.training")
     import json
 
     import yaml
     from click.testing import CliRunner
 
     from gcnnkit.cli import main
-    from gcnnkit.config import load_config
+    from gcnnkit.run import rundir
+    from gcnnkit.run.config import load_config
 
     config = tmp_path / "tiny_escnn.yaml"
     config.write_text(
@@ -556,15 +556,15 @@ def test_short_training_run_on_escnn(tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", str(config), "--out", str(run)])
     assert result.exit_code == 0, result.output
-    summary = json.loads((run / training.SUMMARY_FILE).read_text())
+    summary = json.loads((run / rundir.SUMMARY_FILE).read_text())
     assert summary["backend"] == "escnn" and summary["epochs"] == 1
     assert summary["accuracy"]["rot90"] == summary["accuracy"]["upright"]  # invariant to rot90 by construction
-    state = training.load_checkpoint(run / training.CHECKPOINT_FILE)  # torch.load(weights_only=True)
-    model = training.build_model_from_config(load_config(config))
+    state = rundir.load_checkpoint(run / rundir.CHECKPOINT_FILE)  # torch.load(weights_only=True)
+    model = rundir.build_model_from_config(load_config(config))
     model.load_state_dict(state["model"])
     result = CliRunner().invoke(main, ["train", str(config), "--out", str(run), "--resume", "--set", "train.epochs=2"])
     assert result.exit_code == 0, result.output
-    assert json.loads((run / training.SUMMARY_FILE).read_text())["epochs"] == 2
+    assert json.loads((run / rundir.SUMMARY_FILE).read_text())["epochs"] == 2
 
 
 @pytest.mark.parametrize(

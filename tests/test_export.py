@@ -16,10 +16,14 @@ from click.testing import CliRunner
 from conftest import ROOT
 from torch import nn
 
-from gcnnkit.backend import ACTIVATIONS
 from gcnnkit.cli import main
-from gcnnkit.errors import GcnnkitError, PluginError
-from gcnnkit.export import (
+from gcnnkit.core.backend import ACTIVATIONS
+from gcnnkit.core.errors import GcnnkitError, PluginError
+from gcnnkit.core.registry import get_backend, get_group
+from gcnnkit.core.transforms import transform_image
+from gcnnkit.models.network import build_model, build_network
+from gcnnkit.models.spec import parse_layers
+from gcnnkit.tools.export import (
     FORMATS,
     GroupPool2d,
     describe,
@@ -31,10 +35,6 @@ from gcnnkit.export import (
     run_export,
     save_export,
 )
-from gcnnkit.model import build_model, build_network
-from gcnnkit.registry import get_backend, get_group
-from gcnnkit.spec import parse_layers
-from gcnnkit.transforms import transform_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
 
@@ -536,8 +536,8 @@ def _has(module: str) -> bool:
 
 # ------------------------------------------------------------------------------ command line
 def _run_model(run_dir: Path) -> tuple[nn.Module, dict]:
-    from gcnnkit.config import Config
-    from gcnnkit.training import CHECKPOINT_FILE, build_model_from_config, load_checkpoint
+    from gcnnkit.run.config import Config
+    from gcnnkit.run.rundir import CHECKPOINT_FILE, build_model_from_config, load_checkpoint
 
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
     net = build_model_from_config(Config.from_dict(checkpoint["config"]))
@@ -565,7 +565,7 @@ def test_cli_exports_a_run(tiny_run, tmp_path, fmt):
 
 
 def test_cli_export_with_normalisation_takes_raw_images(tiny_run_copy):
-    from gcnnkit.data import normalise
+    from gcnnkit.run.data import normalise
 
     result = CliRunner().invoke(main, ["export", str(tiny_run_copy), "--include-normalisation"])
     assert result.exit_code == 0, result.output

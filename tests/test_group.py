@@ -20,7 +20,7 @@ from _helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gcnnkit.group import (
+from gcnnkit.core.group import (
     GROUP_API_VERSION,
     Group,
     GroupAxiomError,
@@ -28,7 +28,7 @@ from gcnnkit.group import (
     cyclic_group,
     dihedral_group,
 )
-from gcnnkit.transforms import transform_image
+from gcnnkit.core.transforms import transform_image
 
 EYE = torch.eye(2, dtype=torch.float64)
 
@@ -358,7 +358,7 @@ def test_rejects_non_orthogonal_matrices():
 
 def test_every_installed_group_satisfies_the_axioms():
     """Whatever group plugins are installed (not only the native ones), each exact name loads and is a group."""
-    from gcnnkit.registry import get_group, group_names
+    from gcnnkit.core.registry import get_group, group_names
 
     names = [n for n in group_names() if "{N}" not in n]
     assert set(NATIVE_GROUPS) <= set(names)

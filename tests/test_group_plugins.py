@@ -23,11 +23,10 @@ import pytest
 import torch
 import yaml
 
-from gcnnkit.equivariance import check_network
-from gcnnkit.errors import PluginError
-from gcnnkit.group import GROUP_API_VERSION, Group, cyclic_group, dihedral_group
-from gcnnkit.model import build_model
-from gcnnkit.registry import (
+from gcnnkit.core.equivariance import check_network
+from gcnnkit.core.errors import PluginError
+from gcnnkit.core.group import GROUP_API_VERSION, Group, cyclic_group, dihedral_group
+from gcnnkit.core.registry import (
     AUTOLOAD_ENV,
     REGISTRY,
     backend_names,
@@ -39,6 +38,7 @@ from gcnnkit.registry import (
     register_group,
     require_plugins,
 )
+from gcnnkit.models.network import build_model
 from gcnnkit.testing import assert_group_axioms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_api_version_mismatch_is_refused_clearly(rotations, fake_plugin):
         {"Future": "_gp_future:future", "Later{N}": "_gp_future:later"},
         {
             "_gp_future": f"""
-            from gcnnkit.group import Group
+            from gcnnkit.core.group import Group
 
             def future():
                 return Group("Future", ["e"], [[[1.0, 0.0], [0.0, 1.0]]], api_version={newer})
@@ -215,7 +215,7 @@ def test_invalid_group_is_refused(fake_plugin):
         {"Wrong": "_gp_wrong:wrong", "Named": "_gp_wrong:named"},
         {
             "_gp_wrong": """
-            from gcnnkit.group import GROUP_API_VERSION, Group
+            from gcnnkit.core.group import GROUP_API_VERSION, Group
 
             def wrong():  # identity not first
                 return Group("Wrong", ["f", "e"], [[[-1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]],
@@ -239,7 +239,7 @@ def test_name_collisions_are_clear_errors(rotations, fake_plugin):
         {"C8": "_gp_clash:c8", "D{N}": "_gp_clash:dihedral"},
         {
             "_gp_clash": """
-            from gcnnkit.group import cyclic_group, dihedral_group
+            from gcnnkit.core.group import cyclic_group, dihedral_group
 
             def c8():
                 return cyclic_group(8)
@@ -392,8 +392,8 @@ def test_native_c8_d8_interpolation_error_at_45_degrees(rotations):
 
 
 def test_native_3x3_group_conv_is_as_good_as_5x5_at_45_degrees(rotations):
-    from gcnnkit.fields import FieldType
-    from gcnnkit.transforms import transform_group_map
+    from gcnnkit.core.fields import FieldType
+    from gcnnkit.core.transforms import transform_group_map
 
     group = get_group("C8")
     backend = REGISTRY.get("backend", "native")
@@ -443,14 +443,14 @@ def test_c8_configs_name_the_plugin_and_build(rotations):
         cfg = _config(name)
         assert f"{ROTATIONS}>=0.1" in cfg["required_plugins"]
         assert (cfg["model"]["backend"], cfg["model"]["group"]) == (backend, "C8")
-    config_module = pytest.importorskip("gcnnkit.config")
-    from gcnnkit.training import build_model_from_config
+    config_module = pytest.importorskip("gcnnkit.run.config")
+    from gcnnkit.run.rundir import build_model_from_config
 
     try:
         config = config_module.load_config(CONFIGS / "digits_c8.yaml")
     except config_module.ConfigError as exc:
         if "required_plugins" in str(exc):
-            pytest.skip(f"the config key required_plugins is not wired into gcnnkit.config yet: {exc}")
+            pytest.skip(f"the config key required_plugins is not wired into gcnnkit.run.config yet: {exc}")
         raise
     assert build_model_from_config(config).group.name == "C8"
 

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from _helpers import NATIVE_GROUPS, randomize_parameters, registered_group, rel_err
 from torch import nn
 
-from gcnnkit.errors import GcnnkitError, PluginError, SpecError
-from gcnnkit.fields import FieldType
-from gcnnkit.model import EquivariantNet, build_model, build_network, field_count, resolve_padding
-from gcnnkit.presets import PRESETS, get_preset
-from gcnnkit.registry import get_backend
-from gcnnkit.spec import parse_layers
+from gcnnkit.core.errors import GcnnkitError, PluginError, SpecError
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.registry import get_backend
+from gcnnkit.core.transforms import transform_image
+from gcnnkit.models.network import EquivariantNet, build_model, build_network, field_count, resolve_padding
+from gcnnkit.models.presets import PRESETS, get_preset
+from gcnnkit.models.spec import parse_layers
 from gcnnkit.testing import assert_network_equivariant
-from gcnnkit.transforms import transform_image
 
 TAIL = [{"type": "group_pool"}, {"type": "global_pool"}, {"type": "linear", "out": "classes"}]
 

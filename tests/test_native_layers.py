@@ -24,12 +24,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gcnnkit.backend import ACTIVATIONS, GlobalPool, SpatialPool
-from gcnnkit.errors import SpecError
-from gcnnkit.fields import FieldType
-from gcnnkit.group import cyclic_group
-from gcnnkit.registry import get_backend
-from gcnnkit.transforms import transform_image
+from gcnnkit.core.backend import ACTIVATIONS, GlobalPool, SpatialPool
+from gcnnkit.core.errors import SpecError
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import cyclic_group
+from gcnnkit.core.registry import get_backend
+from gcnnkit.core.transforms import transform_image
 
 TOL = 1e-5
 #: hypothesis budget per group (every test below runs once per group, so ~10 × 6 examples each)
@@ -41,7 +41,7 @@ def backend():
 
 
 def act(field: FieldType, group, g: int, x: torch.Tensor) -> torch.Tensor:
-    """Reference action (python loop over the group axis; independent of gcnnkit.transforms)."""
+    """Reference action (python loop over the group axis; independent of gcnnkit.core.transforms)."""
     if field.kind == "vector":
         return x
     if field.kind == "image":
@@ -303,7 +303,7 @@ def test_dropout_eval_and_linear_are_invariant(name):
 
 # --------------------------------------------------------------------------- filter banks
 def naive_lifting_bank(weight: torch.Tensor, group) -> torch.Tensor:
-    """bank[o·|G| + h] = T_h ψ_o, by transforming each filter with gcnnkit.transforms."""
+    """bank[o·|G| + h] = T_h ψ_o, by transforming each filter with gcnnkit.core.transforms."""
     o = weight.shape[0]
     return torch.stack(
         [torch.stack([transform_image(weight[i], group, h) for h in range(group.order)]) for i in range(o)]

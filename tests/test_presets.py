@@ -8,14 +8,14 @@ import pytest
 import torch
 from _helpers import randomize_parameters, registered_group
 
-from gcnnkit.config import Config
-from gcnnkit.errors import SpecError
-from gcnnkit.evaluation import check_equivariance
-from gcnnkit.fields import FieldType
-from gcnnkit.model import build_model, build_network
-from gcnnkit.presets import PRESETS, get_preset
-from gcnnkit.registry import get_backend
-from gcnnkit.spec import parse_layers
+from gcnnkit.core.errors import SpecError
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.registry import get_backend
+from gcnnkit.models.network import build_model, build_network
+from gcnnkit.models.presets import PRESETS, get_preset
+from gcnnkit.models.spec import parse_layers
+from gcnnkit.run.check import check_equivariance
+from gcnnkit.run.config import Config
 
 PUBLISHED = ("gcnn-uva", "cnn-uva", "gcnn-posit", "cnn-posit", "z2cnn", "p4cnn", "c4cnn-gdl", "cnn-gdl")
 PUBLISHED += ("eqcnn", "simplecnn")

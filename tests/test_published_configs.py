@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import CONFIGS
 
 from gcnnkit.cli import main
-from gcnnkit.presets import get_preset
+from gcnnkit.models.presets import get_preset
 
 PUBLISHED = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name.startswith(("mnist_", "rotmnist_")))
 BACKENDS = ["native", pytest.param("escnn", marks=pytest.mark.escnn)]

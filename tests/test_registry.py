@@ -12,9 +12,9 @@ import pytest
 from _helpers import NATIVE_GROUPS
 from gcnnkit_native.backend import NativeBackend
 
-from gcnnkit.errors import GcnnkitError, PluginError
-from gcnnkit.group import GROUP_API_VERSION, cyclic_group, dihedral_group
-from gcnnkit.registry import (
+from gcnnkit.core.errors import GcnnkitError, PluginError
+from gcnnkit.core.group import GROUP_API_VERSION, cyclic_group, dihedral_group
+from gcnnkit.core.registry import (
     AUTOLOAD_ENV,
     REGISTRY,
     backend_names,
@@ -144,10 +144,10 @@ def test_register_group_instance_factory_and_checks(registry):
     with pytest.raises(PluginError, match="asked for 'Wrong' but it built a group named 'C5'"):
         get_group("Wrong")
     register_group("NotAGroup", lambda: 42)
-    with pytest.raises(PluginError, match="expected a gcnnkit.group.Group, got int"):
+    with pytest.raises(PluginError, match="expected a gcnnkit.core.group.Group, got int"):
         get_group("NotAGroup")
     register_backend("NotABackend", object())
-    with pytest.raises(PluginError, match="expected a gcnnkit.backend.Backend, got object"):
+    with pytest.raises(PluginError, match="expected a gcnnkit.core.backend.Backend, got object"):
         get_backend("NotABackend")
 
 
@@ -215,7 +215,7 @@ def test_entry_point_plugins_from_another_distribution(fake_dists):
         "0.2",
         "fakepkg_rot",
         """
-        from gcnnkit.group import cyclic_group
+        from gcnnkit.core.group import cyclic_group
         def C3():
             return cyclic_group(3)
         def cyclic(n):
@@ -267,7 +267,7 @@ def test_api_version_mismatch_is_a_clear_error(fake_dists):
         "0.3",
         "fakepkg_old",
         """
-        from gcnnkit.group import Group
+        from gcnnkit.core.group import Group
         from gcnnkit_native.backend import NativeBackend
 
         def Old():
@@ -306,7 +306,7 @@ def test_api_version_mismatch_is_a_clear_error(fake_dists):
 
 def test_duplicate_name_across_two_distributions(fake_dists):
     source = """
-        from gcnnkit.group import cyclic_group
+        from gcnnkit.core.group import cyclic_group
         def Dup():
             return cyclic_group(3, name="Dup")
         """
@@ -347,7 +347,7 @@ def test_plugin_that_builds_the_wrong_type_or_raises_when_called(fake_dists):
         """,
         {GROUPS: {"NotGroup": "fakepkg_odd:NotGroup", "Raises": "fakepkg_odd:Raises", "F{N}": "fakepkg_odd:fam"}},
     )
-    with pytest.raises(PluginError, match=r"'NotGroup' \(fake-odd 0\.1.*expected a gcnnkit.group.Group, got str"):
+    with pytest.raises(PluginError, match=r"'NotGroup' \(fake-odd 0\.1.*expected a gcnnkit.core.group.Group, got str"):
         get_group("NotGroup")
     with pytest.raises(PluginError, match=r"'Raises'.*failed to build 'Raises': ValueError: bad N"):
         get_group("Raises")
@@ -361,7 +361,7 @@ def test_refresh_picks_up_newly_installed_plugins(fake_dists, tmp_path):
         "fake-late",
         "0.1",
         "fakepkg_late",
-        "from gcnnkit.group import cyclic_group\nLate = cyclic_group(2, name='Late')\n",
+        "from gcnnkit.core.group import cyclic_group\nLate = cyclic_group(2, name='Late')\n",
         {GROUPS: {"Late": "fakepkg_late:Late"}},
     )  # calls REGISTRY.refresh()
     assert get_group("Late").order == 2  # a Group instance as the entry point object works too

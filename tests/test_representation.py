@@ -10,9 +10,9 @@ from _helpers import NATIVE_GROUPS, registered_group
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gcnnkit.group import cyclic_group, dihedral_group
-from gcnnkit.representation import Representation, regular_representation, trivial_representation
-from gcnnkit.transforms import transform_group_map
+from gcnnkit.core.group import cyclic_group, dihedral_group
+from gcnnkit.core.representation import Representation, regular_representation, trivial_representation
+from gcnnkit.core.transforms import transform_group_map
 
 
 def _groups_for_property():

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from gcnnkit.config import Config
-from gcnnkit.data import (
+from gcnnkit.core.errors import DataError
+from gcnnkit.core.transforms import rotate_images
+from gcnnkit.run.config import Config
+from gcnnkit.run.data import (
     ROTMNIST_AMAT,
     ROTMNIST_SEED,
     Split,
@@ -20,8 +22,6 @@ from gcnnkit.data import (
     reconstruct_rotmnist,
     rotmnist_amat_files,
 )
-from gcnnkit.errors import DataError
-from gcnnkit.transforms import rotate_images
 
 
 def data_config(**changes):

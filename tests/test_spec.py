@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gcnnkit.errors import ConfigError, GcnnkitError, SpecError
-from gcnnkit.presets import PRESETS
-from gcnnkit.spec import LAYER_TYPES, LayerSpec, parse_layer, parse_layers
+from gcnnkit.core.errors import ConfigError, GcnnkitError, SpecError
+from gcnnkit.models.presets import PRESETS
+from gcnnkit.models.spec import LAYER_TYPES, LayerSpec, parse_layer, parse_layers
 
 SPEC = [
     {"type": "lift", "out": 16, "kernel": 5},

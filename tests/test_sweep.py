@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from gcnnkit.cli import main
-from gcnnkit.errors import GcnnkitError
-from gcnnkit.evaluation import evaluate_run, rotate_by, rotation_sweep, rotation_sweep_run, sweep_angles
-from gcnnkit.plots import plot_rotation_sweep, sweep_labels
-from gcnnkit.transforms import rotate_images
+from gcnnkit.core.errors import GcnnkitError
+from gcnnkit.core.transforms import rotate_images
+from gcnnkit.run.evaluation import evaluate_run, rotate_by, rotation_sweep, rotation_sweep_run, sweep_angles
+from gcnnkit.tools.plots import plot_rotation_sweep, sweep_labels
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -23,8 +23,8 @@ def c4_run(tmp_path_factory):
     """gcnn-small on C4 trained to ~90% on 17×17 digits (about ten seconds on two cores)."""
     from conftest import TINY_CONFIG, merge
 
-    from gcnnkit.config import Config
-    from gcnnkit.training import train
+    from gcnnkit.run.config import Config
+    from gcnnkit.run.training import train
 
     config = merge(TINY_CONFIG, {"model": {"backend": "native", "group": "C4", "preset": "gcnn-small"}})
     config = merge(config, {"data": {"name": "digits", "train_size": 800, "test_size": 150}})
@@ -72,9 +72,9 @@ def test_rotation_sweep_of_a_c4_model_has_period_90(c4_run):
 
 
 def test_rotation_sweep_api_on_a_model(tiny_run):
-    from gcnnkit.evaluation import _load_run
+    from gcnnkit.run.rundir import load_run
 
-    run = _load_run(tiny_run, "cpu", test_size=40)
+    run = load_run(tiny_run, device="cpu", test_size=40)
     accs = rotation_sweep(run.model, run.test, [0.0, 45.0, 90.0], mean=run.mean, std=run.std, batch_size=16)
     assert len(accs) == 3 and accs[0] == accs[2]
     assert all(0.0 <= a <= 1.0 for a in accs)

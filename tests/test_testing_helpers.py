@@ -1,4 +1,4 @@
-"""``gcnnkit.testing`` (and the measurements in ``gcnnkit.equivariance`` behind it): pass on good
+"""``gcnnkit.testing`` (and the measurements in ``gcnnkit.core.equivariance`` behind it): pass on good
 inputs, raise ``AssertionError`` on bad ones."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import torch
 from _helpers import NATIVE_GROUPS, randomize_parameters, registered_group
 from torch import nn
 
-from gcnnkit.equivariance import check_network, equivariance_errors, relative_error
-from gcnnkit.fields import FieldType
-from gcnnkit.group import GROUP_API_VERSION, Group, cyclic_group, dihedral_group
-from gcnnkit.model import EquivariantNet, build_model
-from gcnnkit.registry import get_backend
-from gcnnkit.spec import parse_layers
+from gcnnkit.core.equivariance import check_network, equivariance_errors, relative_error
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import GROUP_API_VERSION, Group, cyclic_group, dihedral_group
+from gcnnkit.core.registry import get_backend
+from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.models.spec import parse_layers
 from gcnnkit.testing import assert_equivariant, assert_group_axioms, assert_network_equivariant
 
 IMG = FieldType("image", 1)

@@ -12,18 +12,12 @@ import torch
 import yaml
 from conftest import TINY_CONFIG, merge
 
-from gcnnkit.config import Config, load_config
-from gcnnkit.errors import ConfigError, GcnnkitError
-from gcnnkit.evaluation import check_equivariance, evaluate_run
-from gcnnkit.training import (
-    CHECKPOINT_FILE,
-    build_model_from_config,
-    load_checkpoint,
-    lr_factor,
-    read_metrics,
-    save_checkpoint,
-    train,
-)
+from gcnnkit.core.errors import ConfigError, GcnnkitError
+from gcnnkit.run.check import check_equivariance
+from gcnnkit.run.config import Config, load_config
+from gcnnkit.run.evaluation import evaluate_run
+from gcnnkit.run.rundir import CHECKPOINT_FILE, build_model_from_config, load_checkpoint, read_metrics, save_checkpoint
+from gcnnkit.run.training import lr_factor, train
 
 BROKEN_LAYERS = [  # 2×2/stride-2 pooling on the odd 17×17 grid drops the last row and column
     {"type": "lift", "out": 4, "kernel": 3},

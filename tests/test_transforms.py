@@ -11,9 +11,9 @@ from _helpers import NATIVE_GROUPS, ref_group_map_action, registered_group, rota
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gcnnkit.fields import FieldType
-from gcnnkit.group import cyclic_group
-from gcnnkit.transforms import apply_matrix, random_angles, rotate_images, transform_group_map, transform_image
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import cyclic_group
+from gcnnkit.core.transforms import apply_matrix, random_angles, rotate_images, transform_group_map, transform_image
 
 
 # --------------------------------------------------------------------------- group maps

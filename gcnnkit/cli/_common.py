@@ -9,14 +9,14 @@ from typing import Any
 
 import click
 
-from gcnnkit.errors import GcnnkitError
+from gcnnkit.core.errors import GcnnkitError
 
 #: Set ``GCNNKIT_DEBUG=1`` to see the traceback behind a user error.
 DEBUG_ENV = "GCNNKIT_DEBUG"
 
 
 class UserError(click.ClickException):
-    """A :class:`~gcnnkit.errors.GcnnkitError` on its way out: ``error: <message>``, exit 2."""
+    """A :class:`~gcnnkit.core.errors.GcnnkitError` on its way out: ``error: <message>``, exit 2."""
 
     exit_code = 2
 

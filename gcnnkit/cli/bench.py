@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from gcnnkit.bench import CLOCKS, DEFAULT_GROUP, DEFAULT_REPEATS
 from gcnnkit.cli._common import set_option, to_json
+from gcnnkit.tools.bench import CLOCKS, DEFAULT_GROUP, DEFAULT_REPEATS
 
 
 @click.command("bench")
@@ -90,8 +90,8 @@ def command(
 
     import torch
 
-    from gcnnkit.bench import config_cases, format_report, parse_int_list, preset_cases, resolve_device, run_bench
-    from gcnnkit.errors import GcnnkitError
+    from gcnnkit.core.errors import GcnnkitError
+    from gcnnkit.tools.bench import config_cases, format_report, parse_int_list, preset_cases, resolve_device, run_bench
 
     dev = resolve_device(device)  # fails first, before anything is built
     batches = parse_int_list(batch_sizes, "--batch-sizes")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from gcnnkit.cli._common import set_option, to_json
-from gcnnkit.equivariance import DEFAULT_TOLERANCE
+from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
 
 
 @click.command("check")
@@ -28,8 +28,8 @@ def command(config: str, overrides: tuple[str, ...], tolerance: float, elements:
     for CONFIG's model at random initialisation. Exits with 1 if an error at an exact element
     (multiple of 90°, reflection) exceeds --tolerance.
     """
-    from gcnnkit.config import load_config
-    from gcnnkit.evaluation import check_equivariance
+    from gcnnkit.run.check import check_equivariance
+    from gcnnkit.run.config import load_config
 
     report = check_equivariance(load_config(config, overrides), tolerance=tolerance, elements=elements)
     if as_json:

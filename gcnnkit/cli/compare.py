@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from gcnnkit.cli._common import set_option, to_json
-from gcnnkit.equivariance import DEFAULT_TOLERANCE
+from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
 
 
 @click.command("compare")
@@ -77,8 +77,8 @@ def command(
       gcnnkit compare configs/digits_d4.yaml --backends native,escnn --json
       gcnnkit compare configs/digits_c8_escnn.yaml --plot equivariance.png
     """
-    from gcnnkit.compare import compare_config, format_report, parse_backends, plot_report
-    from gcnnkit.config import load_config
+    from gcnnkit.run.config import load_config
+    from gcnnkit.tools.compare import compare_config, format_report, parse_backends, plot_report
 
     names = parse_backends(backends)
     report = compare_config(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from gcnnkit.cli._common import to_json
-from gcnnkit.config import PROTOCOLS
-from gcnnkit.errors import GcnnkitError
+from gcnnkit.core.errors import GcnnkitError
+from gcnnkit.run.data import PROTOCOLS
 
 
 @click.command("eval")
@@ -57,7 +57,7 @@ def command(
       gcnnkit eval runs/c4                                     # accuracy per protocol
       gcnnkit eval runs/cnn runs/c4 --rotation-sweep --step 10 --plot sweep.png
     """
-    from gcnnkit.evaluation import evaluate_run, rotation_sweep_run
+    from gcnnkit.run.evaluation import evaluate_run, rotation_sweep_run
 
     if not rotation_sweep:
         if step is not None or plot is not None:
@@ -77,7 +77,7 @@ def command(
     step = 5.0 if step is None else step
     results = [rotation_sweep_run(d, step, device=device, test_size=test_size) for d in run_dirs]
     if plot is not None:
-        from gcnnkit.plots import plot_rotation_sweep
+        from gcnnkit.tools.plots import plot_rotation_sweep
 
         plot_rotation_sweep(results, plot)
     if as_json:
@@ -105,7 +105,7 @@ def _print_protocols(result: dict) -> None:
 
 
 def _print_sweep(results: list[dict]) -> None:
-    from gcnnkit.plots import sweep_labels
+    from gcnnkit.tools.plots import sweep_labels
 
     labels = sweep_labels(results)
     for i, result in enumerate(results):

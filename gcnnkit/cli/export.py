@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from gcnnkit.cli._common import to_json
-from gcnnkit.export import FORMATS
+from gcnnkit.tools.export import FORMATS
 
 #: File written when --out is not given, inside RUN_DIR.
 DEFAULT_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "state": "model.state.pt"}
@@ -44,7 +44,7 @@ def command(
     """
     from pathlib import Path
 
-    from gcnnkit.export import EXPORT_TOLERANCE, export_run
+    from gcnnkit.tools.export import EXPORT_TOLERANCE, export_run
 
     path = out or str(Path(run_dir) / DEFAULT_NAMES[fmt])
     report = export_run(run_dir, path, fmt, include_normalisation=include_normalisation, check=not no_check)

@@ -11,7 +11,7 @@ from gcnnkit.cli._common import to_json
 @click.option("--json", "as_json", is_flag=True, help="Print {backends: [...], groups: [...]} as JSON.")
 def command(as_json: bool) -> None:
     """List backend and group plugins with their distribution and version; failed ones with the reason."""
-    from gcnnkit.registry import AUTOLOAD_ENV, autoload_disabled, plugin_report
+    from gcnnkit.core.registry import AUTOLOAD_ENV, autoload_disabled, plugin_report
 
     infos = plugin_report()
     if as_json:

@@ -27,7 +27,7 @@ def command(config: str, overrides: tuple[str, ...], out: str | None, resume: bo
     Writes config.yaml, metrics.jsonl (one line per epoch), checkpoint.pt and summary.json into
     the run directory. The last printed line summarises the run.
     """
-    from gcnnkit.config import load_config
-    from gcnnkit.training import train
+    from gcnnkit.run.config import load_config
+    from gcnnkit.run.training import train
 
     train(load_config(config, overrides), out_dir=out, resume=resume, log=click.echo)

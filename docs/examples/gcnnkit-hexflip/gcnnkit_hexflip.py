@@ -2,7 +2,7 @@
 
 import math
 
-from gcnnkit.group import Group
+from gcnnkit.core.group import Group
 
 
 def hexagon() -> Group:

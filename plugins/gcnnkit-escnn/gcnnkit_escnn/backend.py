@@ -3,7 +3,7 @@
 Options (``model.backend_options``): ``basis: escnn`` (default, escnn's band-limited basis) or
 ``basis: complete`` (spans the native backend's tied filter space; see :mod:`gcnnkit_escnn.basis`).
 
-Besides the :class:`~gcnnkit.backend.Backend` interface it offers the weight-transfer hooks
+Besides the :class:`~gcnnkit.core.backend.Backend` interface it offers the weight-transfer hooks
 :meth:`EscnnBackend.export_native_weights` / :meth:`EscnnBackend.import_native_weights` used by
 ``gcnnkit compare`` (see :mod:`gcnnkit_escnn.transfer`).
 """
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from gcnnkit.backend import ACTIVATIONS, BACKEND_API_VERSION, Backend
-from gcnnkit.errors import SpecError
-from gcnnkit.fields import FieldType
-from gcnnkit.group import Group
+from gcnnkit.core.backend import ACTIVATIONS, BACKEND_API_VERSION, Backend
+from gcnnkit.core.errors import SpecError
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import Group
 from gcnnkit_escnn import transfer
 from gcnnkit_escnn.basis import BASES
 from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnGroupPool, EscnnPointwise

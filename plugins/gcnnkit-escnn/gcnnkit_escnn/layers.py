@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcnnkit.group import Group
+from gcnnkit.core.group import Group
 from gcnnkit_escnn._compat import enn
 from gcnnkit_escnn.basis import complete_basis
 from gcnnkit_escnn.init import generalized_he_init
@@ -200,7 +200,7 @@ class EscnnConv(EscnnLayer):
     """
 
     escnn_children = ("conv",)
-    #: run ``conv2d`` in NHWC (set by :meth:`gcnnkit.model.EquivariantNet.set_channels_last`)
+    #: run ``conv2d`` in NHWC (set by :meth:`gcnnkit.models.network.EquivariantNet.set_channels_last`)
     channels_last: bool = False
 
     def __init__(

@@ -1,6 +1,6 @@
 """gcnnkit groups as escnn gspaces, and the order of escnn's regular-representation channels.
 
-A gcnnkit :class:`~gcnnkit.group.Group` names its escnn equivalent in ``group.escnn``
+A gcnnkit :class:`~gcnnkit.core.group.Group` names its escnn equivalent in ``group.escnn``
 (``{"gspace": "rot2dOnR2", "N": 4}``, ``{"gspace": "flipRot2dOnR2", "N": 4}``,
 ``{"gspace": "trivialOnR2"}``). The gspace is built once per process and shared, so escnn's
 own caches of kernel bases are reused by every layer.
@@ -13,7 +13,7 @@ channel 0 the identity's. That labelling is then checked against gcnnkit's Cayle
 (``ρ(g) e_{P[h]} = e_{P[g·h]}`` for all ``g, h``). For ``flipRot2dOnR2`` with escnn's default
 flip axis (π/2, the vertical axis: ``x ↦ −x``, gcnnkit's ``f``) and escnn's element order
 ``(+, r⁰…r^{N−1}), (−, r⁰…r^{N−1})`` the permutation is the identity for every ``C_N``/``D_N``
-built by :func:`gcnnkit.group.cyclic_group` / :func:`~gcnnkit.group.dihedral_group`; a group with
+built by :func:`gcnnkit.core.group.cyclic_group` / :func:`~gcnnkit.core.group.dihedral_group`; a group with
 its elements listed in another order gets the permutation that puts escnn's channels in its order.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gcnnkit.group import Group
+from gcnnkit.core.group import Group
 from gcnnkit_escnn._compat import enn, gspaces
 
 #: escnn gspace factories a group may name, and the keyword arguments each accepts.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from gcnnkit.backend import BACKEND_API_VERSION, Backend
-from gcnnkit.errors import SpecError
-from gcnnkit.fields import FieldType
-from gcnnkit.group import Group
+from gcnnkit.core.backend import BACKEND_API_VERSION, Backend
+from gcnnkit.core.errors import SpecError
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import Group
 from gcnnkit_native.layers import FieldBatchNorm, GroupConv, GroupPool, LiftingConv
 
 _GROUP_POOL_MODES = ("max", "mean")

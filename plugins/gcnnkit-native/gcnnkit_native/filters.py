@@ -3,7 +3,7 @@
 For an element ``h`` the transformed filter is ``(T_h ψ)(p) = ψ(h⁻¹p)``. When ``h`` permutes
 pixels (multiples of 90°, reflections) this is an exact index gather; otherwise (e.g. 45°)
 it is a fixed ``[k², k²]`` bilinear interpolation matrix per element. Both are computed once
-per layer from the group's own action (:func:`gcnnkit.transforms.transform_image`), so any
+per layer from the group's own action (:func:`gcnnkit.core.transforms.transform_image`), so any
 group plugged into gcnnkit works without a special case.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from gcnnkit.group import Group
-from gcnnkit.transforms import transform_image
+from gcnnkit.core.group import Group
+from gcnnkit.core.transforms import transform_image
 
 
 def pixel_permutations(group: Group, kernel_size: int) -> torch.Tensor:

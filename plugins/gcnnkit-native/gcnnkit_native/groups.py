@@ -5,7 +5,7 @@ Each is a zero-argument factory registered as an entry point in ``gcnnkit.groups
 
 from __future__ import annotations
 
-from gcnnkit.group import Group, cyclic_group, dihedral_group
+from gcnnkit.core.group import Group, cyclic_group, dihedral_group
 
 
 def C1() -> Group:

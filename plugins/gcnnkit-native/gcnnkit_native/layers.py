@@ -8,7 +8,7 @@ For exact groups the gather is one ``index_select`` with indices precomputed in 
 final ``[C_out·|G|, C_in(·|G|), k, k]`` order (no permute copy; its backward is one
 ``index_add``). In eval mode without grad the bank and the per-channel bias are cached until
 the weights change; under ``torch.compile`` the cache is bypassed so graphs have no side
-effects. ``export_plain()`` returns the layer as an ``nn.Conv2d`` (see :mod:`gcnnkit.export`).
+effects. ``export_plain()`` returns the layer as an ``nn.Conv2d`` (see :mod:`gcnnkit.tools.export`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcnnkit.group import Group
+from gcnnkit.core.group import Group
 from gcnnkit_native.filters import disc_mask, group_conv_indices, interpolation_matrices, pixel_permutations
 
 #: ``torch.compiler.is_compiling`` (torch >= 2.3), else dynamo's own flag.
@@ -29,7 +29,7 @@ _is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.i
 class _GroupConvBase(nn.Module):
     """Shared machinery: conv hyper-parameters, bias per field, eval-mode filter-bank cache."""
 
-    #: run ``conv2d`` in NHWC (set by :meth:`gcnnkit.model.EquivariantNet.set_channels_last`)
+    #: run ``conv2d`` in NHWC (set by :meth:`gcnnkit.models.network.EquivariantNet.set_channels_last`)
     channels_last: bool = False
 
     def __init__(
@@ -103,7 +103,7 @@ class _GroupConvBase(nn.Module):
 
     def export_plain(self) -> nn.Conv2d:
         """This layer as a plain ``nn.Conv2d`` on the flattened layout (``[B, C·|G|, H, W]``), with
-        a copy of the current filter bank and bias; the export hook of :mod:`gcnnkit.export`."""
+        a copy of the current filter bank and bias; the export hook of :mod:`gcnnkit.tools.export`."""
         with torch.no_grad():
             bank, bias = self._expand().detach().clone(), self._expand_bias()
             conv = nn.Conv2d(
@@ -267,7 +267,7 @@ class FieldBatchNorm(nn.BatchNorm3d):
     """Batch norm for ``[B, C, |G|, H, W]`` with statistics and affine shared over the group axis
     (one per field), which keeps it equivariant. Plain images use ``nn.BatchNorm2d``.
 
-    With ``channels_last`` (set by :meth:`gcnnkit.model.EquivariantNet.set_channels_last`) and an
+    With ``channels_last`` (set by :meth:`gcnnkit.models.network.EquivariantNet.set_channels_last`) and an
     NHWC input — the ``[B, C·|G|, H, W]`` output of a convolution viewed as 5D — ``BatchNorm3d``
     would return NCHW and the next convolution would convert back. :class:`_FieldBatchNormNHWC`
     computes the same normalisation on the NHWC ``[B, C·|G|, H, W]`` view instead, with its own

@@ -1,7 +1,7 @@
 """Rotation groups ``C_N`` and dihedral groups ``D_N`` for any ``N``, as gcnnkit groups.
 
 The element order and matrices are gcnnkit's (and escnn's) conventions, built by
-:func:`gcnnkit.group.cyclic_group` / :func:`gcnnkit.group.dihedral_group`: ``r^k`` rotates
+:func:`gcnnkit.core.group.cyclic_group` / :func:`gcnnkit.core.group.dihedral_group`: ``r^k`` rotates
 counter-clockwise by ``k·360°/N``; the ``D_N`` element ``r^k f`` (mirror ``x ↦ -x`` first, then
 rotate) has index ``N + k``. The Cayley table is given in closed form, which keeps building a
 group with a large ``N`` cheap (deriving it from the matrices compares all ``|G|³`` products).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from gcnnkit.group import Group, cyclic_group, dihedral_group
+from gcnnkit.core.group import Group, cyclic_group, dihedral_group
 
 #: The group API version these factories are written for: a literal, not ``GROUP_API_VERSION``,
 #: so that a gcnnkit with another API version refuses them instead of misreading them. The registry

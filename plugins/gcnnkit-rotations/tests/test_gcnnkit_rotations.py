@@ -6,8 +6,8 @@ import pytest
 import torch
 from gcnnkit_rotations import C8, C16, D8, D16, cyclic, dihedral
 
-from gcnnkit.fields import FieldType
-from gcnnkit.group import cyclic_group, dihedral_group
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import cyclic_group, dihedral_group
 from gcnnkit.testing import assert_equivariant, assert_group_axioms
 
 

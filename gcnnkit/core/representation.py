@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gcnnkit.group import Group
+from gcnnkit.core.group import Group
 
 
 class Representation:

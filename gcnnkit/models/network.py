@@ -1,9 +1,9 @@
 """Build an architecture spec into an ``nn.Module`` with a backend.
 
-:func:`build_network` walks the validated spec, tracks the :class:`~gcnnkit.fields.FieldType`
+:func:`build_network` walks the validated spec, tracks the :class:`~gcnnkit.core.fields.FieldType`
 between layers (image → group → … → vector) and asks the backend for each layer. The result,
 :class:`EquivariantNet`, remembers every layer's input and output type so its equivariance
-can be checked layer by layer (:mod:`gcnnkit.equivariance`).
+can be checked layer by layer (:mod:`gcnnkit.core.equivariance`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from gcnnkit.backend import Backend
-from gcnnkit.errors import SpecError
-from gcnnkit.fields import FieldType
-from gcnnkit.group import Group
-from gcnnkit.spec import LayerSpec
+from gcnnkit.core.backend import Backend
+from gcnnkit.core.errors import SpecError
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import Group
+from gcnnkit.models.spec import LayerSpec
 
 #: How ``out`` of ``lift``/``gconv`` layers is read.
 #: ``fields``: the number of fields (each ``|G|`` channels).
@@ -149,7 +149,7 @@ def build_network(
     """Build validated layer specs on ``backend`` for ``group``.
 
     Args:
-        specs: output of :func:`gcnnkit.spec.parse_layers`.
+        specs: output of :func:`gcnnkit.models.spec.parse_layers`.
         backend: the backend that builds each layer.
         group: the symmetry group.
         in_channels: image channels ``C`` of the ``[B, C, H, W]`` input.
@@ -261,8 +261,8 @@ def build_model(
 ) -> EquivariantNet:
     """Build a network by names: the documented entry point for notebooks and the CLI.
 
-    Exactly one of ``preset`` (a name in :data:`gcnnkit.presets.PRESETS`) or ``layers`` (a spec
-    list, see :mod:`gcnnkit.spec`) is given. ``widths`` defaults to the preset's mode, or
+    Exactly one of ``preset`` (a name in :data:`gcnnkit.models.presets.PRESETS`) or ``layers`` (a spec
+    list, see :mod:`gcnnkit.models.spec`) is given. ``widths`` defaults to the preset's mode, or
     ``fields`` for explicit layers.
 
     Example::
@@ -270,9 +270,9 @@ def build_model(
         net = build_model("native", "C4", preset="gcnn-small", in_channels=1, image_size=28, num_classes=10)
         logits = net(torch.randn(8, 1, 28, 28))  # [8, 10], invariant to rot90
     """
-    from gcnnkit.presets import get_preset
-    from gcnnkit.registry import get_backend, get_group
-    from gcnnkit.spec import parse_layers
+    from gcnnkit.core.registry import get_backend, get_group
+    from gcnnkit.models.presets import get_preset
+    from gcnnkit.models.spec import parse_layers
 
     if (preset is None) == (layers is None):
         raise SpecError("model: give exactly one of 'preset' or 'layers'")

@@ -8,7 +8,7 @@ data set; no data is loaded) and compared layer by layer and end to end:
   over the *exact* elements (multiples of 90°, reflections; on a standard-normal input, as
   ``gcnnkit check``), and separately over the *non-exact* elements when the group has any (e.g. the
   45° rotations of C8). Non-exact elements act by bilinear interpolation, so they are measured, as by
-  ``gcnnkit check``, on smooth images (:func:`gcnnkit.equivariance.smooth_images`: standard-normal
+  ``gcnnkit check``, on smooth images (:func:`gcnnkit.core.equivariance.smooth_images`: standard-normal
   noise blurred by a Gaussian of σ = 1.5 pixels, inside the inscribed disc with a soft edge), so that
   the interpolation error of the input itself does not dominate; reported, not judged;
 * **weight transfer** in both directions: the weights of one network (its batch-norm statistics,
@@ -45,11 +45,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from gcnnkit.backend import Backend
-from gcnnkit.equivariance import DEFAULT_TOLERANCE, check_network, relative_error
-from gcnnkit.errors import ConfigError
-from gcnnkit.group import Group
-from gcnnkit.model import EquivariantNet
+from gcnnkit.core.backend import Backend
+from gcnnkit.core.equivariance import DEFAULT_TOLERANCE, check_network, relative_error
+from gcnnkit.core.errors import ConfigError
+from gcnnkit.core.group import Group
+from gcnnkit.models.network import EquivariantNet
 
 #: A transfer whose projection residuals are all at most this is exact by construction.
 EXACT_RESIDUAL = 1e-6
@@ -443,14 +443,14 @@ def compare_config(
 ) -> CompareReport:
     """Build ``config``'s model on both ``backends`` and compare them (:func:`compare_networks`).
 
-    ``config`` is a :class:`~gcnnkit.config.Config` or a path. ``model.backend_options`` go to the
+    ``config`` is a :class:`~gcnnkit.run.config.Config` or a path. ``model.backend_options`` go to the
     config's own backend; the other backend gets none. The input shape and class count come from
     the data set's metadata (nothing is loaded). Weights are initialised from the config's seed.
     """
-    from gcnnkit.config import Config, load_config
-    from gcnnkit.data import dataset_info
-    from gcnnkit.model import build_model
-    from gcnnkit.registry import get_backend, require_plugins
+    from gcnnkit.core.registry import get_backend, require_plugins
+    from gcnnkit.models.network import build_model
+    from gcnnkit.run.config import Config, load_config
+    from gcnnkit.run.data import dataset_info
 
     config = config if isinstance(config, Config) else load_config(config)
     if len(backends) != 2 or backends[0] == backends[1]:

@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from gcnnkit.backend import BACKEND_API_VERSION, Backend
-from gcnnkit.errors import PluginError
-from gcnnkit.group import GROUP_API_VERSION, Group, GroupAxiomError, check_group_axioms
+from gcnnkit.core.backend import BACKEND_API_VERSION, Backend
+from gcnnkit.core.errors import PluginError
+from gcnnkit.core.group import GROUP_API_VERSION, Group, GroupAxiomError, check_group_axioms
 
 ENTRY_POINT_GROUPS = {"backend": "gcnnkit.backends", "group": "gcnnkit.groups"}
 API_VERSIONS = {"backend": BACKEND_API_VERSION, "group": GROUP_API_VERSION}
@@ -264,7 +264,7 @@ class Registry:
         if info.kind == "backend":
             obj = raw() if isinstance(raw, type) else raw
             if not isinstance(obj, Backend):
-                raise PluginError(f"expected a gcnnkit.backend.Backend, got {type(obj).__name__}")
+                raise PluginError(f"expected a gcnnkit.core.backend.Backend, got {type(obj).__name__}")
             return obj
         if info.is_family:
             if not callable(raw) or isinstance(raw, Group):
@@ -273,7 +273,7 @@ class Registry:
         else:
             obj = raw if isinstance(raw, Group) else raw()
         if not isinstance(obj, Group):
-            raise PluginError(f"expected a gcnnkit.group.Group, got {type(obj).__name__}")
+            raise PluginError(f"expected a gcnnkit.core.group.Group, got {type(obj).__name__}")
         return obj
 
     def report(self) -> list[PluginInfo]:

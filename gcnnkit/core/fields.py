@@ -16,8 +16,8 @@ from typing import Literal
 
 import torch
 
-from gcnnkit.group import Group
-from gcnnkit.transforms import transform_group_map, transform_image
+from gcnnkit.core.group import Group
+from gcnnkit.core.transforms import transform_group_map, transform_image
 
 Kind = Literal["image", "group", "vector"]
 KINDS: tuple[str, ...] = ("image", "group", "vector")

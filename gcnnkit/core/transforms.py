@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gcnnkit.group import Group
+from gcnnkit.core.group import Group
 
 
 def transform_image(x: torch.Tensor, group: Group, g: int | str) -> torch.Tensor:

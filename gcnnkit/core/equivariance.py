@@ -4,9 +4,9 @@ The relative error of a module ``f`` at element ``g`` is::
 
     max |f(g·x) − g·f(x)|  /  max |f(x)|
 
-(max over all tensor entries), where ``g·`` is the action of :class:`~gcnnkit.fields.FieldType`
+(max over all tensor entries), where ``g·`` is the action of :class:`~gcnnkit.core.fields.FieldType`
 on the input and output types. :func:`check_network` reports it for each layer of an
-:class:`~gcnnkit.model.EquivariantNet` (on that layer's own random input) and end to end.
+:class:`~gcnnkit.models.network.EquivariantNet` (on that layer's own random input) and end to end.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcnnkit.fields import FieldType
-from gcnnkit.group import Group
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import Group
 
 #: Default tolerance on the relative error in float32.
 DEFAULT_TOLERANCE = 1e-5
@@ -146,7 +146,7 @@ def check_network(
     device: torch.device | str = "cpu",
     smooth: bool = False,
 ) -> list[EquivarianceResult]:
-    """Per-layer and end-to-end equivariance of an :class:`~gcnnkit.model.EquivariantNet`.
+    """Per-layer and end-to-end equivariance of an :class:`~gcnnkit.models.network.EquivariantNet`.
 
     Each layer is fed the output of the previous layers on a random image batch
     ``[batch, *image_shape]`` (so shapes and statistics are realistic) and checked on it; the

@@ -1,20 +1,21 @@
 """Data-parallel training across processes: the plumbing behind ``torchrun … gcnnkit train``.
 
-:func:`gcnnkit.training.train` calls :func:`setup` first. Outside ``torchrun`` (no
+:func:`gcnnkit.run.training.train` calls :func:`setup` first. Outside ``torchrun`` (no
 ``WORLD_SIZE`` > 1 in the environment and no process group yet) it returns a single-process
 :class:`Context` and every helper here is a no-op, so single-process runs are unchanged.
 Under ``torchrun --nproc_per_node=N`` each process
 
 * joins the default process group (``nccl`` on CUDA, ``gloo`` on CPU) and, on CUDA, uses
-  ``cuda:LOCAL_RANK`` (:func:`resolve_device`);
+  ``cuda:LOCAL_RANK`` (:func:`gcnnkit.run.rundir.resolve_device` with :func:`local_rank`);
 * builds the same model from the same seed and wraps it in ``DistributedDataParallel``
   (:func:`wrap`): gradients are averaged across processes in the backward pass;
 * takes its contiguous share of every *global* batch (:func:`shard`): ``train.batch_size``
   is the batch of one optimiser step summed over all processes, and the loss is weighted so
   the averaged gradient is the gradient of the global batch's mean loss;
 * evaluates every ``world_size``-th test batch, with batches cut exactly as a single process
-  cuts them, and sums the correct counts (:func:`evaluate`): each test sample is counted
-  once, and the accuracies equal those of a single-process evaluation of the same weights;
+  cuts them, and sums the correct counts (:func:`gcnnkit.run.evaluation.evaluate` with
+  ``shard`` and ``total=``:func:`all_sum`): each test sample is counted once, and the
+  accuracies equal those of a single-process evaluation of the same weights;
 * leaves the run directory to rank 0 (:attr:`Context.is_main`), which decides it, reads it
   on ``--resume`` and hands the outcome to the others (:func:`broadcast_object`), so no file
   system needs to be shared between nodes.
@@ -38,8 +39,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gcnnkit.data import Split, normalise, protocol_batches
-from gcnnkit.errors import ConfigError, GcnnkitError
+from gcnnkit.core.errors import GcnnkitError
 
 T = TypeVar("T")
 
@@ -81,37 +81,12 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _local_rank() -> int:
+def local_rank() -> int:
     """``LOCAL_RANK`` (set by torchrun); without it, in a process group someone else created, the
     global rank (one node assumed); else 0."""
     if "LOCAL_RANK" in os.environ:
         return int(os.environ["LOCAL_RANK"])
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def resolve_device(spec: str) -> torch.device:
-    """The device of this process under ``torchrun``: ``cuda:LOCAL_RANK`` for ``auto`` (when CUDA is
-    there) and ``cuda``; ``cpu`` for ``cpu`` (and ``auto`` without CUDA). A config naming one GPU
-    (``cuda:1``) is refused: every process would use it."""
-    local_rank = _local_rank()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type != "cuda":
-        return device
-    if device.index is not None:
-        raise ConfigError(
-            f"device: {spec!r} names one GPU, but under torchrun process LOCAL_RANK uses cuda:LOCAL_RANK; "
-            f"set device: cuda or auto"
-        )
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device: {spec!r} is not available (no CUDA device found); use auto or cpu")
-    if local_rank >= torch.cuda.device_count():
-        raise ConfigError(
-            f"LOCAL_RANK {local_rank} has no GPU: this machine has {torch.cuda.device_count()} CUDA devices; "
-            f"start at most that many processes per node (--nproc_per_node)"
-        )
-    return torch.device("cuda", local_rank)
 
 
 def setup(device: torch.device) -> Context:
@@ -130,7 +105,7 @@ def setup(device: torch.device) -> Context:
     return Context(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
-        local_rank=_local_rank(),
+        local_rank=local_rank(),
         backend=dist.get_backend(),
         owns_group=owns,
     )
@@ -184,7 +159,7 @@ def broadcast_object(value: T, ctx: Context) -> T:
 
 def on_main(fn: Callable[[], T], ctx: Context) -> T:
     """``fn()`` run by rank 0 alone, its result returned on every rank. An exception it raises is
-    raised on every rank (a :class:`~gcnnkit.errors.GcnnkitError` as it is, so each process
+    raised on every rank (a :class:`~gcnnkit.core.errors.GcnnkitError` as it is, so each process
     stops with the same one-line user error; others as a ``RuntimeError`` naming it), so no
     process is left waiting for rank 0."""
     if not ctx.enabled:
@@ -280,48 +255,3 @@ def shard(size: int, ctx: Context) -> tuple[slice, float]:
     if count == 0:
         return slice(0, 1), 0.0
     return slice(start, start + count), count * ctx.world_size / size
-
-
-# -------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    protocols: Sequence[str],
-    ctx: Context,
-    *,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    rotation_seed: int = 1234,
-    batch_size: int = 256,
-) -> dict[str, float]:
-    """:func:`gcnnkit.evaluation.evaluate` shared by all processes.
-
-    The test set is cut into batches by :func:`gcnnkit.data.protocol_batches`, as in a single
-    process (sample ``i`` turned by angle ``i`` under ``rotated``); process ``r`` runs the model
-    on batches ``r``, ``r + world_size``, … (it transforms the others too: cheap, and the batches
-    are the single process's by construction) and the correct counts are summed. Every sample is
-    counted once and every logit comes from the same batch as in a single process, so the
-    accuracies equal a single-process evaluation on the same kind of device. ``model`` must be
-    the plain module (not the DDP wrapper) holding rank 0's state (:func:`sync_state`).
-    """
-    if not ctx.enabled:
-        from gcnnkit.evaluation import evaluate as evaluate_alone
-
-        return evaluate_alone(
-            model, split, protocols, mean=mean, std=std, rotation_seed=rotation_seed, batch_size=batch_size
-        )
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        correct = torch.zeros(len(protocols), dtype=torch.long, device=device)
-        for i, protocol in enumerate(protocols):
-            for k, (x, y) in enumerate(protocol_batches(split, protocol, rotation_seed, batch_size)):
-                if k % ctx.world_size == ctx.rank:
-                    logits = model(normalise(x.to(device), mean, std))
-                    correct[i] += (logits.argmax(dim=1) == y.to(device)).sum()
-        totals = all_sum(list(correct), ctx, device) if len(protocols) else []
-        return {p: int(c) / max(1, len(split)) for p, c in zip(protocols, totals, strict=True)}
-    finally:
-        model.train(was_training)

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gcnnkit.errors import GcnnkitError
+from gcnnkit.core.errors import GcnnkitError
 
 
 def sweep_label(result: Mapping[str, Any]) -> str:
-    """``"gcnn-uva C4 (native)"`` for a :func:`gcnnkit.evaluation.rotation_sweep_run` result."""
+    """``"gcnn-uva C4 (native)"`` for a :func:`gcnnkit.run.evaluation.rotation_sweep_run` result."""
     arch = result.get("preset") or "custom layers"
     return f"{arch} {result.get('group', '?')} ({result.get('backend', '?')})"
 
@@ -37,7 +37,7 @@ def plot_rotation_sweep(
     """Draw test accuracy against rotation angle, one line per run, into the PNG ``path``.
 
     Args:
-        results: :func:`gcnnkit.evaluation.rotation_sweep_run` results (``angles`` in degrees and
+        results: :func:`gcnnkit.run.evaluation.rotation_sweep_run` results (``angles`` in degrees and
             ``accuracy`` in ``[0, 1]``, plus the run's ``preset``/``group``/``backend``/``params``).
         path: the PNG file to write (its folder must exist).
         title: default: "Test accuracy under rotation (<data>, <n> test images)".

@@ -22,7 +22,7 @@ Data sets:
   seed (:func:`reconstruct_rotmnist`: which images, which angles, which interpolation).
 
 Test protocols (:data:`PROTOCOLS`): ``upright``; ``rotated`` (sample ``i`` turned by angle
-``i`` of :func:`~gcnnkit.transforms.random_angles` ``(N, rotation_seed)`` — the same angles every
+``i`` of :func:`~gcnnkit.core.transforms.random_angles` ``(N, rotation_seed)`` — the same angles every
 run); ``rot90``/``rot180``/``rot270`` (exact); ``flip`` (left–right).
 """
 
@@ -31,17 +31,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from gcnnkit.config import AUGMENTATIONS, PROTOCOLS
-from gcnnkit.errors import DataError
-from gcnnkit.transforms import random_angles, rotate_images
-
-if TYPE_CHECKING:
-    from gcnnkit.config import DataConfig
+from gcnnkit.core.errors import DataError
+from gcnnkit.core.transforms import random_angles, rotate_images
 
 __all__ = [
     "AUGMENTATIONS",
@@ -62,6 +58,11 @@ __all__ = [
     "read_amat",
     "rotmnist_amat_files",
 ]
+
+#: Train-time augmentations (``data.augment``), see :func:`augment_batch`.
+AUGMENTATIONS = ("none", "rot90", "rotate", "flip")
+#: Test-time protocols (``eval.protocols``), see :func:`apply_protocol`.
+PROTOCOLS = ("upright", "rotated", "rot90", "rot180", "rot270", "flip")
 
 DIGITS_IMAGE_SIZE = 17
 _DIGITS_PAD = 2
@@ -100,6 +101,17 @@ ROTMNIST_AMAT = {
     "train": "mnist_all_rotation_normalized_float_train_valid.amat",
     "test": "mnist_all_rotation_normalized_float_test.amat",
 }
+
+
+class DataSettings(Protocol):
+    """What loading reads from a config's ``data`` section (:class:`gcnnkit.run.config.DataConfig`)."""
+
+    name: str
+    root: str
+    download: bool
+    image_size: int | None
+    train_size: int | None
+    test_size: int | None
 
 
 @dataclass(frozen=True)
@@ -193,7 +205,7 @@ def native_image_size(name: str) -> int:
     return DIGITS_IMAGE_SIZE if name == "digits" else TORCHVISION_SETS[name].size
 
 
-def dataset_info(cfg: DataConfig) -> DatasetInfo:
+def dataset_info(cfg: DataSettings) -> DatasetInfo:
     """Input channels, image size and class count of ``cfg`` without loading any data."""
     name = canonical_name(cfg.name)
     size = cfg.image_size or native_image_size(name)
@@ -204,7 +216,7 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
 
 
 # ---------------------------------------------------------------------------- loading
-def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+def load_dataset(cfg: DataSettings, seed: int = 0) -> Dataset:
     """Load ``cfg``'s data set into memory (CPU).
 
     Args:
@@ -248,7 +260,7 @@ def _load_digits(image_size: int) -> tuple[Split, Split]:
     return Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx])
 
 
-def _load_torchvision(info: DatasetInfo, cfg: DataConfig, is_train: bool) -> Split:
+def _load_torchvision(info: DatasetInfo, cfg: DataSettings, is_train: bool) -> Split:
     import torchvision.datasets
 
     meta = TORCHVISION_SETS[info.name]
@@ -317,7 +329,7 @@ def reconstruct_rotmnist(
     (``rand``, float64). The first ``sizes[0]`` images of the permutation form the training set, the
     next ``sizes[1]`` the test set (disjoint). Each image is turned counter-clockwise about its
     centre by its angle with bilinear interpolation, zeros outside
-    (:func:`gcnnkit.transforms.rotate_images`).
+    (:func:`gcnnkit.core.transforms.rotate_images`).
 
     Returns:
         ``(train, test)`` with images ``[N, 1, 28, 28]`` in ``[0, 1]``.
@@ -339,7 +351,7 @@ def reconstruct_rotmnist(
     return Split(images[:n_train], labels[:n_train]), Split(images[n_train:], labels[n_train:])
 
 
-def _load_rotmnist(cfg: DataConfig) -> tuple[Split, Split, str]:
+def _load_rotmnist(cfg: DataSettings) -> tuple[Split, Split, str]:
     files = rotmnist_amat_files(cfg.root)
     if files is not None:
         return read_amat(files["train"]), read_amat(files["test"]), f"MNIST-rot .amat files in {cfg.root}"

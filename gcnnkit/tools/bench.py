@@ -1,10 +1,10 @@
 """Speed and memory of G-CNNs against their *floor*: the plain ``nn.Conv2d`` stack of identical shapes.
 
 A regular group convolution is one ``conv2d`` with ``|G|``-fold channels once its filter bank
-is gathered, so no backend can beat :func:`gcnnkit.export.floor_model` — the same
+is gathered, so no backend can beat :func:`gcnnkit.tools.export.floor_model` — the same
 convolutions, batch norms, pools and head on the flattened ``[B, C·|G|, H, W]`` layout with
 fresh weights. :func:`run_bench` times every backend's model, the floor and the exported
-plain module (:func:`gcnnkit.export.export_model`) in one process:
+plain module (:func:`gcnnkit.tools.export.export_model`) in one process:
 
 * forward in eval mode (``torch.no_grad``) and forward + backward in train mode;
 * whole model and each layer on its own (the floor's modules of the same layer);
@@ -34,9 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from gcnnkit.errors import GcnnkitError, PluginError, UnsupportedGroupError
-from gcnnkit.export import _plain_layer, export_model, flatten_field, floor_model
-from gcnnkit.model import EquivariantNet, build_model
+from gcnnkit.core.errors import GcnnkitError, PluginError, UnsupportedGroupError
+from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.run import rundir
+from gcnnkit.tools.export import _plain_layer, export_model, flatten_field, floor_model
 
 MODES = ("eval", "train")
 FLOOR = "floor"
@@ -53,21 +54,8 @@ DEFAULT_PRESETS = ("gcnn-small", "gcnn-tiny")
 
 # ---------------------------------------------------------------------------- devices
 def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; a one-line :class:`GcnnkitError` when CUDA is not there."""
-    name = name.strip().lower()
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
-            raise GcnnkitError(
-                f"--device {name}: no CUDA device is available (torch {torch.__version__}, {built}); use --device cpu"
-            )
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise GcnnkitError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
-        return device
-    raise GcnnkitError(f"--device {name!r} is not allowed; allowed: cpu, cuda, cuda:N")
+    """``cpu``, ``cuda`` or ``cuda:N`` given as ``--device``; a one-line error when CUDA is not there."""
+    return rundir.resolve_device(name, option="--device")
 
 
 def device_description(device: torch.device) -> str:
@@ -189,7 +177,7 @@ class BenchCase:
 
 def installed_backends(names: Iterable[str] = DEFAULT_BACKENDS) -> list[str]:
     """Those of ``names`` that are installed and load."""
-    from gcnnkit.registry import get_backend
+    from gcnnkit.core.registry import get_backend
 
     out = []
     for name in names:
@@ -215,7 +203,7 @@ def preset_cases(
     :data:`DEFAULT_GROUP`; at the image size it was published for, unless sizes are given to
     :func:`run_bench`.
     """
-    from gcnnkit.presets import PRESETS, get_preset
+    from gcnnkit.models.presets import PRESETS, get_preset
 
     names = list(presets) if presets else list(DEFAULT_PRESETS)
     if names == ["all"]:
@@ -232,8 +220,8 @@ def preset_cases(
 
 def config_cases(paths: Sequence[str], overrides: Sequence[str] = (), backends: Sequence[str] | None = None):
     """One case per config file: its model on its data's input shape (``backends`` replace its backend)."""
-    from gcnnkit.config import load_config
-    from gcnnkit.data import dataset_info
+    from gcnnkit.run.config import load_config
+    from gcnnkit.run.data import dataset_info
 
     cases = []
     for path in paths:
@@ -409,7 +397,7 @@ def run_bench(
         min_time: each timed sample runs the step enough times to last about this long.
         clock: ``wall`` or ``cpu`` (process CPU time, CPU device only; see :data:`CLOCKS`).
         channels_last: every contender in ``torch.channels_last`` (NHWC): the models through
-            :meth:`~gcnnkit.model.EquivariantNet.set_channels_last`, the floor and the export with
+            :meth:`~gcnnkit.models.network.EquivariantNet.set_channels_last`, the floor and the export with
             NHWC weights, and the input batch NHWC.
     """
     dev = resolve_device(device) if isinstance(device, str) else device

@@ -16,7 +16,7 @@ mapping ``{type: ..., **params}``::
 Besides these, ``layernorm`` (per-sample normalisation with a per-field affine map),
 ``orbit_pool`` (pool over the group and its action on the map, then flatten: an invariant
 vector that keeps the spatial layout) and ``lift``/``gconv`` with ``out: classes`` (one field per
-class) serve the published networks of :mod:`gcnnkit.presets`.
+class) serve the published networks of :mod:`gcnnkit.models.presets`.
 
 The same spec builds on any backend and any group; on the trivial group ``C1`` it is a plain
 CNN. :func:`parse_layers` validates a spec and returns :class:`LayerSpec` objects with every
@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gcnnkit.backend import ACTIVATIONS
-from gcnnkit.errors import SpecError
+from gcnnkit.core.backend import ACTIVATIONS
+from gcnnkit.core.errors import SpecError
 
 REQUIRED = object()
 

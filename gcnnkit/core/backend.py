@@ -1,7 +1,7 @@
 """The layer interface every backend implements.
 
 A backend is a factory of ``nn.Module`` layers on plain tensors in gcnnkit's layout (see
-:mod:`gcnnkit.fields`). Every factory has the same leading arguments ``(group, in_type)``
+:mod:`gcnnkit.core.fields`). Every factory has the same leading arguments ``(group, in_type)``
 and returns a module mapping a tensor of ``in_type`` to a tensor of the type given by
 :meth:`Backend.out_type` — so any layer of one backend can be compared one to one with the
 same layer of another.
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcnnkit.errors import SpecError, UnsupportedGroupError
-from gcnnkit.fields import FieldType
-from gcnnkit.group import Group
-from gcnnkit.transforms import transform_image
+from gcnnkit.core.errors import SpecError, UnsupportedGroupError
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import Group
+from gcnnkit.core.transforms import transform_image
 
 #: Version of the backend plugin API; a backend declares the version it was written for.
 BACKEND_API_VERSION = 1

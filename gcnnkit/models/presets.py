@@ -1,7 +1,7 @@
 """Named architecture presets, buildable by name on any backend and group (like timm's models).
 
 A preset is a function of the input image size and channel count returning a layer spec
-(see :mod:`gcnnkit.spec`) and the width mode it is written in. Presets in ``params`` width
+(see :mod:`gcnnkit.models.spec`) and the width mode it is written in. Presets in ``params`` width
 mode give CNN channel counts; on a group ``G`` they get ``out/√|G|`` fields, so the same
 preset on ``C1`` is the parameter-matched CNN baseline of the G-CNN.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gcnnkit.errors import SpecError
+from gcnnkit.core.errors import SpecError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Export an :class:`~gcnnkit.model.EquivariantNet` to plain PyTorch, and build its *floor*.
+"""Export an :class:`~gcnnkit.models.network.EquivariantNet` to plain PyTorch, and build its *floor*.
 
 A regular group convolution is one ``conv2d`` with ``|G|``-fold channels once its filter bank
 is gathered. Seen on the *flattened layout* — a group feature map ``[B, C, |G|, H, W]`` read as
@@ -21,7 +21,7 @@ linear         ``nn.Linear``
 =============  ===========================================================================
 
 * :func:`floor_model` builds that plain stack with fresh weights: the *floor* a G-CNN of
-  these shapes can run at (see :mod:`gcnnkit.bench`).
+  these shapes can run at (see :mod:`gcnnkit.tools.bench`).
 * :func:`export_model` builds it with the network's weights, checks it layer by layer against
   the network (relative error ≤ ``tolerance``) and returns an ``nn.Sequential`` that needs
   neither gcnnkit nor a backend plugin. Write it to disk with :func:`save_export` as
@@ -52,12 +52,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gcnnkit.backend import ACTIVATIONS
-from gcnnkit.errors import GcnnkitError
-from gcnnkit.fields import FieldType
-from gcnnkit.group import Group
-from gcnnkit.model import EquivariantNet, resolve_padding
-from gcnnkit.spec import LayerSpec
+from gcnnkit.core.backend import ACTIVATIONS
+from gcnnkit.core.errors import GcnnkitError
+from gcnnkit.core.fields import FieldType
+from gcnnkit.core.group import Group
+from gcnnkit.models.network import EquivariantNet, resolve_padding
+from gcnnkit.models.spec import LayerSpec
+from gcnnkit.run.data import normalise
+from gcnnkit.run.rundir import load_run
 
 #: Name of the optional method a backend layer implements to export itself: it takes no
 #: arguments and returns a plain-PyTorch module (detached copies of the current weights) that
@@ -158,7 +160,7 @@ def _plain_layer(spec: LayerSpec, in_type: FieldType, out_type: FieldType, group
 def orbit_matrices(group: Group, side: int) -> torch.Tensor:
     """``[|G|, side², side²]``: ``vec(T_g x) = M[g] @ vec(x)`` for a ``side × side`` map (exact
     elements give permutation matrices, others their bilinear interpolation)."""
-    from gcnnkit.transforms import transform_image
+    from gcnnkit.core.transforms import transform_image
 
     n = side * side
     basis = torch.eye(n, dtype=torch.float64).reshape(n, side, side)
@@ -756,7 +758,7 @@ class ExportReport:
 
 def invariance_error(module, group: Group, x: torch.Tensor, run=None) -> float:
     """Worst relative change of ``module``'s outputs when the input is acted on by each element."""
-    from gcnnkit.transforms import transform_image
+    from gcnnkit.core.transforms import transform_image
 
     run = run or (lambda m, t: m(t))
     with torch.no_grad():
@@ -767,7 +769,7 @@ def invariance_error(module, group: Group, x: torch.Tensor, run=None) -> float:
 def export_run(
     run_dir: str | Path, out: str | Path, fmt: str, *, include_normalisation: bool = False, check: bool = True
 ) -> ExportReport:
-    """Export the last checkpoint of a run directory (see :mod:`gcnnkit.training`) to ``out``.
+    """Export the last checkpoint of a run directory (see :mod:`gcnnkit.run.training`) to ``out``.
 
     With ``include_normalisation`` the file takes raw images in ``[0, 1]``: the run's
     per-channel normalisation is prepended as a depthwise 1×1 convolution. Without it, inputs
@@ -775,25 +777,12 @@ def export_run(
     The file is loaded back and compared with the gcnnkit model (ONNX: with ``onnxruntime``
     when it is installed).
     """
-    from gcnnkit.config import Config
-    from gcnnkit.data import dataset_info, normalise
-    from gcnnkit.training import CHECKPOINT_FILE, build_model_from_config, load_checkpoint
-
     if fmt not in FORMATS:
         raise GcnnkitError(f"--format {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
-    run_dir = Path(run_dir)
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        raise GcnnkitError(f"{run_dir}: not a run directory with a {CHECKPOINT_FILE} (train one with gcnnkit train)")
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    config = Config.from_dict(checkpoint["config"])
-    info = dataset_info(config.data)
-    net = build_model_from_config(config, info)
-    net.load_state_dict(checkpoint["model"])
-    net.eval()
+    run = load_run(run_dir, with_data=False)
+    run_dir, config, checkpoint, info, net = run.run_dir, run.config, run.checkpoint, run.info, run.model
+    mean, std = run.mean, run.std
     plain = export_model(net, image_size=info.image_size)
-    stats = checkpoint.get("normalisation") or {}
-    mean = torch.tensor(stats.get("mean", [0.0] * info.in_channels))
-    std = torch.tensor(stats.get("std", [1.0] * info.in_channels))
     layers = [vars(layer) for layer in plain.gcnnkit_export.layers]
     if include_normalisation:
         sources = ["normalisation", *plain.gcnnkit_export.sources]

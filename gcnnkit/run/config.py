@@ -11,7 +11,7 @@ A config file has seven top-level keys, every one optional::
     eval: {protocols: [upright, rotated, rot90]}
 
 :func:`load_config` reads a file, applies ``--set key.path=value`` overrides and validates
-everything into a :class:`Config`. Every mistake is a :class:`~gcnnkit.errors.ConfigError` with a
+everything into a :class:`Config`. Every mistake is a :class:`~gcnnkit.core.errors.ConfigError` with a
 one-line message naming the dotted key, the bad value and what is allowed, e.g.
 ``train.epochs: expected int, got 'ten'``. :meth:`Config.to_dict` is the fully resolved
 config (every default filled in) that a run stores next to its results.
@@ -31,10 +31,11 @@ from typing import Any
 
 import yaml
 
-from gcnnkit.errors import ConfigError
+from gcnnkit.core.errors import ConfigError
+from gcnnkit.models.presets import get_preset
+from gcnnkit.models.spec import parse_layers
+from gcnnkit.run.data import AUGMENTATIONS, PROTOCOLS, canonical_name, native_image_size
 
-AUGMENTATIONS = ("none", "rot90", "rotate", "flip")
-PROTOCOLS = ("upright", "rotated", "rot90", "rot180", "rot270", "flip")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
 PRECISIONS = ("none", "bf16", "fp16")
@@ -65,7 +66,7 @@ def option(
 
 @dataclass
 class ModelConfig:
-    """Which network to build (see :func:`gcnnkit.model.build_model`)."""
+    """Which network to build (see :func:`gcnnkit.models.network.build_model`)."""
 
     backend: str = option("native", "str")
     group: str = option("C4", "str")
@@ -77,7 +78,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Which data set to train and test on (see :mod:`gcnnkit.data`)."""
+    """Which data set to train and test on (see :mod:`gcnnkit.run.data`)."""
 
     name: str = option("digits", "str")
     root: str = option("data", "str")
@@ -90,7 +91,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (see :func:`gcnnkit.training.train`)."""
+    """Optimisation (see :func:`gcnnkit.run.training.train`)."""
 
     epochs: int = option(10, "int", ge=1)
     batch_size: int = option(64, "int", ge=1)
@@ -108,7 +109,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-time protocols (see :mod:`gcnnkit.evaluation`)."""
+    """Test-time protocols (see :mod:`gcnnkit.run.evaluation`)."""
 
     protocols: list = option(["upright", "rotated", "rot90"], "str_list", choices=PROTOCOLS)
     rotation_seed: int = option(1234, "int", ge=0)
@@ -126,7 +127,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     #: plugin distributions the config needs, e.g. ``["gcnnkit-rotations>=0.1"]`` (PEP 508);
-    #: checked with :func:`gcnnkit.registry.require_plugins` when the model is built
+    #: checked with :func:`gcnnkit.core.registry.require_plugins` when the model is built
     required_plugins: list = option([], "str_list", allow_empty=True)
     #: the file the config was read from (not part of :meth:`to_dict`)
     source: Path | None = field(default=None, compare=False, repr=False, metadata={"internal": True})
@@ -395,10 +396,6 @@ def _check_bounds(key: str, value: Any, bounds: Mapping[str, float]) -> None:
 
 def _resolve(config: Config) -> None:
     """Cross-field checks, and defaults that depend on other keys (widths, image size, names)."""
-    from gcnnkit.data import canonical_name, native_image_size
-    from gcnnkit.presets import get_preset
-    from gcnnkit.spec import parse_layers
-
     if not _DEVICE.fullmatch(config.device):
         raise ConfigError(f"device: {config.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
     model = config.model

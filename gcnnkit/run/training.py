@@ -1,14 +1,8 @@
-"""Training: the loop, the run directory, metrics, atomic checkpoints and resume.
+"""Training: the loop, metrics, checkpoints and resume.
 
-A run directory holds::
-
-    config.yaml      the fully resolved config (Config.to_dict())
-    metrics.jsonl    one JSON object per completed epoch: epoch, train_loss, train_acc,
-                     test_<protocol> for each eval protocol, lr (at the epoch's start),
-                     epoch_seconds (training + evaluation), device
-    checkpoint.pt    the state after the last completed epoch (written atomically; state
-                     dicts and plain values only, so it loads with weights_only=True)
-    summary.json     written when the run finishes (see RunSummary)
+The run directory it writes is described in :mod:`gcnnkit.run.rundir`; ``metrics.jsonl`` holds one
+JSON object per completed epoch: epoch, train_loss, train_acc, test_<protocol> for each eval
+protocol, lr (at the epoch's start), epoch_seconds (training + evaluation), device.
 
 :func:`train` is the whole job; ``gcnnkit train`` is a thin layer over it. Runs are
 reproducible: data order, augmentation and dropout of epoch ``e`` come from generators seeded
@@ -17,7 +11,7 @@ uninterrupted one. Learning-rate schedules are a closed form of the step and of
 ``train.epochs``; extending a finished run with more epochs therefore stretches its schedule.
 
 Under ``torchrun --nproc_per_node=N`` the same :func:`train` runs data-parallel in N processes
-(``DistributedDataParallel``; the plumbing is in :mod:`gcnnkit.distributed`, the user's guide in
+(``DistributedDataParallel``; the plumbing is in :mod:`gcnnkit.run.distributed`, the user's guide in
 ``docs/distributed.md``): ``train.batch_size`` stays the batch of one optimiser step, shared
 by the processes; metrics are summed across them; rank 0 alone logs and writes the run
 directory, whose checkpoint is the same as a single process's (the plain model's state dict).
@@ -27,13 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +34,26 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from gcnnkit import distributed
-from gcnnkit.config import Config, config_differences, load_config
-from gcnnkit.data import Dataset, DatasetInfo, augment_batch, dataset_info, load_dataset
-from gcnnkit.errors import ConfigError, GcnnkitError, SpecError
-from gcnnkit.model import EquivariantNet, build_model
-from gcnnkit.registry import plugin_distributions, require_plugins
-
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_FILE = "checkpoint.pt"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FORMAT = 1
+from gcnnkit.core.errors import ConfigError
+from gcnnkit.core.registry import plugin_distributions
+from gcnnkit.run import distributed
+from gcnnkit.run.config import Config, config_differences, load_config
+from gcnnkit.run.data import Dataset, augment_batch, load_dataset
+from gcnnkit.run.evaluation import evaluate
+from gcnnkit.run.rundir import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    build_model_from_config,
+    load_checkpoint,
+    new_run_dir,
+    read_metrics,
+    resolve_device,
+    save_checkpoint,
+    write_text_atomic,
+)
 
 
 @dataclass
@@ -86,74 +86,6 @@ class RunSummary:
             f"done: group {self.group}, backend {self.backend}, {arch}, {self.params:,} params, {accs}, "
             f"{self.wall_time_s:.1f}s on {self.device}, run dir {self.run_dir}"
         )
-
-
-# ------------------------------------------------------------------------ building blocks
-def build_model_from_config(config: Config, info: DatasetInfo | None = None) -> EquivariantNet:
-    """Build ``config.model`` for the input shape and class count of ``config.data``.
-
-    Checks ``config.required_plugins`` first (:class:`~gcnnkit.errors.PluginError` names a
-    missing one). ``info`` (from :func:`gcnnkit.data.dataset_info`) is looked up when not given. Weights are
-    initialised from the global torch RNG: seed it first for reproducible weights.
-    """
-    require_plugins(config.required_plugins)
-    info = info or dataset_info(config.data)
-    m = config.model
-    model = build_model(
-        m.backend,
-        m.group,
-        in_channels=info.in_channels,
-        image_size=info.image_size,
-        num_classes=info.num_classes,
-        preset=m.preset,
-        layers=m.layers,
-        widths=m.widths,
-        backend_options=m.backend_options,
-    )
-    _probe(model, info)
-    return model
-
-
-@torch.no_grad()
-def _probe(model: EquivariantNet, info: DatasetInfo) -> None:
-    """Run a zero batch ``[2, C, H, W]`` through ``model`` (eval mode) so that a spec that does not fit
-    the images (a kernel larger than the feature map, pooling to nothing, the wrong number of
-    outputs) is a one-line :class:`SpecError` now, not a traceback in the first training step."""
-    c, h, w = info.image_shape
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(torch.zeros(2, c, h, w))
-    except RuntimeError as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise SpecError(f"model: the network cannot run on {info.name} images [B, {c}, {h}, {w}]: {reason}") from None
-    finally:
-        model.train(was_training)
-    if tuple(out.shape) != (2, info.num_classes):
-        raise SpecError(
-            f"model: the network outputs {list(out.shape[1:])} per image, but {info.name} needs "
-            f"{info.num_classes} class scores; end the layers with {{type: linear, out: classes}}"
-        )
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; refuses CUDA devices that are not there."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device: {spec!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device: {spec!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {spec!r} is not available (no CUDA device found); use auto or cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device: {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA devices"
-            )
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -225,56 +157,6 @@ class _Precision:
             self.scaler.update()
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: ``<path>.tmp`` in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``torch.load(weights_only=True)`` onto the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise GcnnkitError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise GcnnkitError(f"{path}: not a readable gcnnkit checkpoint ({type(exc).__name__}: {reason})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise GcnnkitError(f"{path}: not a gcnnkit checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states as tensors and plain values."""
     _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
@@ -299,31 +181,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     has_gauss, gauss = state["numpy_gauss"]
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
     random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
-
-
-# ----------------------------------------------------------------------------- run dirs
-def new_run_dir(config: Config, out_dir: str | Path | None = None) -> Path:
-    """``out_dir`` (must not hold a run yet), or ``runs/<config-stem>-<YYYYmmdd-HHMMSS>``; not created yet."""
-    if out_dir is not None:
-        run_dir = Path(out_dir)
-        if (run_dir / CHECKPOINT_FILE).exists():  # a run stopped before its first epoch may start afresh
-            raise ConfigError(
-                f"--out {run_dir}: already holds a run; add --resume to continue it or choose a new folder"
-            )
-    else:
-        stem = Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir, n = stem, 1
-        while run_dir.exists():  # two runs started in the same second
-            run_dir, n = stem.with_name(f"{stem.name}-{n}"), n + 1
-    return run_dir
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` (empty when there is none)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _resume_state(config: Config, run_dir: Path) -> tuple[Config, dict[str, Any]]:
@@ -363,7 +220,7 @@ def train(
     """Train the configured model, evaluating every epoch; return the run's summary.
 
     Args:
-        config: a :class:`~gcnnkit.config.Config` or the path of a YAML config.
+        config: a :class:`~gcnnkit.run.config.Config` or the path of a YAML config.
         out_dir: the run directory; default ``runs/<config-stem>-<YYYYmmdd-HHMMSS>``.
         resume: continue the run in ``out_dir`` from its last completed epoch. Its stored
             config is used; ``config`` may differ only in ``train.epochs`` (to train longer).
@@ -371,17 +228,15 @@ def train(
             silences them. A tqdm bar per epoch goes to stderr when it is a terminal.
 
     Under ``torchrun`` every process calls this; they train one model data-parallel
-    (:mod:`gcnnkit.distributed`, ``docs/distributed.md``). Rank 0 alone logs, shows the bar and
+    (:mod:`gcnnkit.run.distributed`, ``docs/distributed.md``). Rank 0 alone logs, shows the bar and
     writes the run directory; every process returns the same summary.
 
     Raises:
         GcnnkitError: bad config, plugin, data, or run directory (one-line message).
     """
     config = config if isinstance(config, Config) else load_config(config)
-    if distributed.launched():
-        device = distributed.resolve_device(config.device)  # cuda:LOCAL_RANK
-    else:
-        device = resolve_device(config.device)
+    local_rank = distributed.local_rank() if distributed.launched() else None
+    device = resolve_device(config.device, local_rank=local_rank)  # cuda:LOCAL_RANK under torchrun
     ctx = distributed.setup(device)
     try:
         summary = _train(config, out_dir, resume, device, ctx, (log or _silent) if ctx.is_main else _silent)
@@ -446,10 +301,10 @@ def _train(
         first_epoch, elapsed_before = checkpoint["epoch"] + 1, checkpoint["elapsed_s"]
         if main:
             metrics = [m for m in read_metrics(run_dir) if m["epoch"] < first_epoch]  # drop epochs not checkpointed
-            _write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
+            write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
         log(f"resuming {run_dir} after epoch {checkpoint['epoch']} of {config.train.epochs}")
     if main:
-        _write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
+        write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     net = distributed.wrap(model, ctx, device, data.info.image_shape)  # `model` itself in a single process
     where = str(device) if not ctx.enabled else f"{device.type} x{ctx.world_size}"
     log(
@@ -466,15 +321,16 @@ def _train(
             lr = optimizer.param_groups[0]["lr"]
             loss, acc = _train_epoch(net, data, config, epoch, optimizer, scheduler, precision, device, ctx)
             distributed.sync_state(model, ctx)  # every process evaluates the weights rank 0 saves
-            accuracy = distributed.evaluate(
+            accuracy = evaluate(
                 model,
                 data.test,
                 config.eval.protocols,
-                ctx,
                 mean=data.mean,
                 std=data.std,
                 rotation_seed=config.eval.rotation_seed,
                 batch_size=config.eval.batch_size,
+                shard=(ctx.rank, ctx.world_size),
+                total=lambda counts: distributed.all_sum(counts, ctx, device),
             )
             record = {"epoch": epoch, "train_loss": loss, "train_acc": acc}
             record.update({f"test_{p}": a for p, a in accuracy.items()})
@@ -517,7 +373,7 @@ def _train(
         versions=_versions(),
     )
     if main:
-        _write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
     log(summary.line())
     return summary
 
@@ -575,7 +431,7 @@ def _train_epoch(
     """One pass over the training set; returns (mean loss, accuracy) over all of it.
 
     ``train.batch_size`` is the global batch of one step: every process draws the same order and
-    augmentation, then trains on its share of the batch (:func:`gcnnkit.distributed.shard`).
+    augmentation, then trains on its share of the batch (:func:`gcnnkit.run.distributed.shard`).
     """
     seed = epoch_seed(config.seed, epoch)
     torch.manual_seed(seed if ctx.rank == 0 else epoch_seed(seed, ctx.rank))  # dropout: a stream per process

@@ -1,0 +1,274 @@
+"""The run directory: what a training run writes, and how a run is read back.
+
+A run directory holds::
+
+    config.yaml      the fully resolved config (Config.to_dict())
+    metrics.jsonl    one JSON object per completed epoch (see gcnnkit.run.training)
+    checkpoint.pt    the state after the last completed epoch (written atomically; state
+                     dicts and plain values only, so it loads with weights_only=True)
+    summary.json     written when the run finishes (RunSummary)
+
+This module owns those names, atomic writes, checkpoints, the model a config describes
+(:func:`build_model_from_config`), the device a config or option names (:func:`resolve_device`)
+and :func:`load_run`, which rebuilds a trained model for ``gcnnkit eval`` and ``gcnnkit export``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gcnnkit.core.errors import ConfigError, GcnnkitError, SpecError
+from gcnnkit.core.modes import eval_mode
+from gcnnkit.core.registry import require_plugins
+from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.run.config import Config
+from gcnnkit.run.data import DatasetInfo, Split, dataset_info, load_dataset
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FORMAT = 1
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+# ------------------------------------------------------------------------------ devices
+def resolve_device(spec: str, *, option: str = "device", local_rank: int | None = None) -> torch.device:
+    """The ``torch.device`` that ``spec`` names, or a one-line :class:`ConfigError` naming ``option``.
+
+    ``auto`` (where ``option`` is a config key) is CUDA when there is a device, else the CPU.
+    Under ``torchrun`` (``local_rank`` given) every process uses ``cuda:LOCAL_RANK`` for ``cuda``
+    and ``auto``; a config naming one GPU (``cuda:1``) is refused, since every process would use it.
+    CUDA devices that are not there are refused, never replaced by the CPU.
+    """
+    label = f"{option}:" if not option.startswith("--") else option
+    allowed = "cpu, cuda, cuda:N" if option.startswith("--") else "auto, cpu, cuda, cuda:N"
+    name = spec.strip().lower()
+    if name == "auto" and not option.startswith("--"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not _DEVICE.fullmatch(name):
+        raise ConfigError(f"{label} {spec!r} is not allowed; allowed: {allowed}")
+    device = torch.device(name)
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
+        raise ConfigError(
+            f"{label} {spec!r} is not available (no CUDA device found; torch {torch.__version__}, {built}); "
+            f"use {'--device ' if option.startswith('--') else 'auto or '}cpu"
+        )
+    count = torch.cuda.device_count()
+    if local_rank is not None:
+        if device.index is not None:
+            raise ConfigError(
+                f"{label} {spec!r} names one GPU, but under torchrun process LOCAL_RANK uses cuda:LOCAL_RANK; "
+                f"set device: cuda or auto"
+            )
+        if local_rank >= count:
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} has no GPU: this machine has {count} CUDA devices; "
+                f"start at most that many processes per node (--nproc_per_node)"
+            )
+        return torch.device("cuda", local_rank)
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"{label} {spec!r} does not exist; this machine has {count} CUDA devices")
+    return device
+
+
+# ------------------------------------------------------------------------------- models
+def build_model_from_config(config: Config, info: DatasetInfo | None = None) -> EquivariantNet:
+    """Build ``config.model`` for the input shape and class count of ``config.data``.
+
+    Checks ``config.required_plugins`` first (:class:`~gcnnkit.core.errors.PluginError` names a
+    missing one). ``info`` (from :func:`gcnnkit.run.data.dataset_info`) is looked up when not given.
+    Weights are initialised from the global torch RNG: seed it first for reproducible weights.
+    """
+    require_plugins(config.required_plugins)
+    info = info or dataset_info(config.data)
+    m = config.model
+    model = build_model(
+        m.backend,
+        m.group,
+        in_channels=info.in_channels,
+        image_size=info.image_size,
+        num_classes=info.num_classes,
+        preset=m.preset,
+        layers=m.layers,
+        widths=m.widths,
+        backend_options=m.backend_options,
+    )
+    _probe(model, info)
+    return model
+
+
+@torch.no_grad()
+def _probe(model: EquivariantNet, info: DatasetInfo) -> None:
+    """Run a zero batch ``[2, C, H, W]`` through ``model`` (eval mode) so that a spec that does not fit
+    the images (a kernel larger than the feature map, pooling to nothing, the wrong number of
+    outputs) is a one-line :class:`SpecError` now, not a traceback in the first training step."""
+    c, h, w = info.image_shape
+    with eval_mode(model):
+        try:
+            out = model(torch.zeros(2, c, h, w))
+        except RuntimeError as exc:
+            reason = " ".join(str(exc).split())[:300]
+            raise SpecError(
+                f"model: the network cannot run on {info.name} images [B, {c}, {h}, {w}]: {reason}"
+            ) from None
+    if tuple(out.shape) != (2, info.num_classes):
+        raise SpecError(
+            f"model: the network outputs {list(out.shape[1:])} per image, but {info.name} needs "
+            f"{info.num_classes} class scores; end the layers with {{type: linear, out: classes}}"
+        )
+
+
+# -------------------------------------------------------------------------- files
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: ``<path>.tmp`` in the same folder, fsync, ``os.replace``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: ``<path>.tmp`` in the same folder, fsync, ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise GcnnkitError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise GcnnkitError(f"{path}: not a readable gcnnkit checkpoint ({type(exc).__name__}: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise GcnnkitError(f"{path}: not a gcnnkit checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def new_run_dir(config: Config, out_dir: str | Path | None = None) -> Path:
+    """``out_dir`` (must not hold a run yet), or ``runs/<config-stem>-<YYYYmmdd-HHMMSS>``; not created yet."""
+    if out_dir is not None:
+        run_dir = Path(out_dir)
+        if (run_dir / CHECKPOINT_FILE).exists():  # a run stopped before its first epoch may start afresh
+            raise ConfigError(
+                f"--out {run_dir}: already holds a run; add --resume to continue it or choose a new folder"
+            )
+    else:
+        stem = Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir, n = stem, 1
+        while run_dir.exists():  # two runs started in the same second
+            run_dir, n = stem.with_name(f"{stem.name}-{n}"), n + 1
+    return run_dir
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` (empty when there is none)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class LoadedRun:
+    """A run's stored config and checkpoint, and its model with the checkpoint's weights (eval mode).
+
+    ``test`` (the run's test split) is ``None`` when the run was loaded without its data.
+    ``mean``/``std`` ``[C]`` are the input normalisation the model was trained with.
+    """
+
+    run_dir: Path
+    config: Config
+    checkpoint: dict[str, Any]
+    model: EquivariantNet
+    info: DatasetInfo
+    mean: torch.Tensor
+    std: torch.Tensor
+    test: Split | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """``run_dir``, ``epoch``, ``backend``, ``group``, ``preset``, ``data``, ``params``, ``num_test``."""
+        return {
+            "run_dir": str(self.run_dir),
+            "epoch": self.checkpoint["epoch"],
+            "backend": self.config.model.backend,
+            "group": self.config.model.group,
+            "preset": self.config.model.preset,
+            "data": self.info.name,
+            "params": self.model.num_parameters(),
+            "num_test": None if self.test is None else len(self.test),
+        }
+
+
+def load_run(
+    run_dir: str | Path, *, device: str | None = None, with_data: bool = True, test_size: int | None = None
+) -> LoadedRun:
+    """Rebuild a run's model from its stored config and last checkpoint.
+
+    Args:
+        run_dir: a directory written by :func:`gcnnkit.run.training.train`.
+        device: where the model goes (default: the run's ``device`` setting); ``None`` keeps the CPU
+            when ``with_data`` is false.
+        with_data: also load the run's test split (:attr:`LoadedRun.test`).
+        test_size: test on this many images instead of the run's ``data.test_size``.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise GcnnkitError(f"{run_dir}: not a run directory with a {CHECKPOINT_FILE} (train one with gcnnkit train)")
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    config = Config.from_dict(checkpoint["config"])
+    data_cfg = config.data
+    if test_size is not None:
+        if test_size < 1:
+            raise GcnnkitError(f"--test-size: expected a positive number of images, got {test_size}")
+        data_cfg = dataclasses.replace(data_cfg, test_size=test_size)
+    info = dataset_info(data_cfg)
+    test = load_dataset(data_cfg, seed=config.seed).test if with_data else None
+    model = build_model_from_config(config, info)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    if with_data or device is not None:
+        model.to(resolve_device(device or config.device))
+    stats = checkpoint.get("normalisation") or {}
+    mean = torch.tensor(stats.get("mean", [0.0] * info.in_channels))
+    std = torch.tensor(stats.get("std", [1.0] * info.in_channels))
+    return LoadedRun(run_dir, config, checkpoint, model, info, mean, std, test)
