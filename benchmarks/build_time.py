@@ -68,8 +68,8 @@ def measure(backend: str, group: str, preset: str, threads: int, basis: str = "d
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gcnnkit.core.registry import loadable_backends
     from gcnnkit.models.presets import PRESETS
-    from gcnnkit.tools.bench import installed_backends
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", default="C4,D4", help="comma-separated groups (default: C4,D4)")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     presets = list(PRESETS) if args.presets == "all" else args.presets.split(",")
-    backends = args.backends.split(",") if args.backends else installed_backends()
+    backends = args.backends.split(",") if args.backends else loadable_backends()
     groups = args.groups.split(",")
     rows = []
     for preset in presets:

@@ -25,12 +25,11 @@ from pathlib import Path
 import torch
 
 from gcnnkit.core.errors import GcnnkitError
-from gcnnkit.core.registry import backend_names
+from gcnnkit.core.registry import loadable_backends
 from gcnnkit.tools.bench import (
     CLOCKS,
     DEFAULT_REPEATS,
     format_report,
-    installed_backends,
     parse_int_list,
     preset_cases,
     resolve_device,
@@ -69,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = parse_int_list(args.sizes, "--sizes")
         if args.threads:
             torch.set_num_threads(args.threads)
-        others = sorted(set(backend_names()) - {"native", "escnn"})
-        backends = args.backends.split(",") if args.backends else installed_backends(["native", "escnn", *others])
+        backends = args.backends.split(",") if args.backends else loadable_backends()
         cases = []
         for case in preset_cases(args.presets.split(","), None, backends):
             if case.image_size is None:  # not a published network: every group and size asked for

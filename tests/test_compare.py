@@ -20,8 +20,6 @@ from gcnnkit.models.network import build_model, build_network  # noqa: E402
 from gcnnkit.models.spec import parse_layers  # noqa: E402
 from gcnnkit.tools.compare import (  # noqa: E402
     compare_networks,
-    export_weights,
-    import_weights,
     parse_backends,
 )
 
@@ -197,7 +195,7 @@ def test_transfer_hooks_fall_back_to_state_dicts():
     a = build_model("native", "C4", preset="gcnn-tiny", in_channels=1, image_size=10, num_classes=3)
     b = build_model("native", "C4", preset="gcnn-tiny", in_channels=1, image_size=10, num_classes=3)
     for src, dst in zip(a.layers, b.layers, strict=True):
-        assert import_weights(native, dst, export_weights(native, src)) == 0.0
+        assert native.import_weights(dst, native.export_weights(src)) == 0.0
     x = torch.randn(2, 1, 10, 10)
     with torch.no_grad():
         assert torch.equal(a.eval()(x), b.eval()(x))

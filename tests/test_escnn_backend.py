@@ -121,7 +121,7 @@ def test_a_group_in_another_order_gets_a_permutation_and_stays_exact():
         layer_n = getattr(native, make)(group, in_type, 2, 3, padding=1).eval()
         x = torch.randn(in_type.shape(group, 2, 9, 9))
         assert equivariance_errors(layer_e, group, in_type, FieldType("group", 2), x).max_error <= TOL
-        layer_n.load_state_dict(esc.export_native_weights(layer_e))
+        layer_n.load_state_dict(esc.export_weights(layer_e))
         with torch.no_grad():
             assert relative_error(layer_n(x), layer_e(x)) <= TOL
     pool = esc.group_pool(group, FieldType("group", 2))
@@ -202,14 +202,14 @@ def test_convolutions_cross_validate(group_name, kind, k, basis):
     # equivariant at every element
     assert equivariance_errors(layer_e, group, in_type, out_type, x).max_error <= TOL
     # escnn -> native: exact
-    layer_n.load_state_dict(esc.export_native_weights(layer_e))
+    layer_n.load_state_dict(esc.export_weights(layer_e))
     with torch.no_grad():
         assert relative_error(layer_n(x), layer_e(x)) <= TOL
         assert relative_error(layer_n.filter_bank(), layer_e.filter_bank()) <= TOL
         layer_n.weight.normal_()
         layer_n.bias.normal_()
     # native -> escnn: exact with the complete basis, a projection with escnn's
-    residual = esc.import_native_weights(layer_e, layer_n.state_dict())
+    residual = esc.import_weights(layer_e, layer_n.state_dict())
     with torch.no_grad():
         error = relative_error(layer_e(x), layer_n(x))
     dims = (layer_e.basis_dimension, native_dim(group, kind, k))
@@ -231,14 +231,14 @@ def test_every_native_group_with_stride_and_dilation(group_name, basis):
     layer_n = native.group_conv(group, in_type, 2, 3, stride=2, padding=2, dilation=2).eval()
     x = torch.randn(in_type.shape(group, 2, 13, 13))
     assert equivariance_errors(layer_e, group, in_type, out_type, x).max_error <= TOL
-    layer_n.load_state_dict(esc.export_native_weights(layer_e))
+    layer_n.load_state_dict(esc.export_weights(layer_e))
     with torch.no_grad():
         assert relative_error(layer_n(x), layer_e(x)) <= TOL
     if basis == "complete":
         assert layer_e.basis_dimension == native_dim(group, "gconv", 3)
         with torch.no_grad():
             layer_n.weight.normal_()
-        assert esc.import_native_weights(layer_e, layer_n.state_dict()) <= 1e-6
+        assert esc.import_weights(layer_e, layer_n.state_dict()) <= 1e-6
         with torch.no_grad():
             assert relative_error(layer_e(x), layer_n(x)) <= TOL
 
@@ -324,7 +324,7 @@ def test_other_layers_cross_validate(group_name):
     for name, t_in, t_out, make, size in cases:
         layer_e, layer_n = make(esc).eval(), make(native).eval()
         randomise_statistics(layer_e, 0)
-        layer_n.load_state_dict(esc.export_native_weights(layer_e))
+        layer_n.load_state_dict(esc.export_weights(layer_e))
         x = torch.randn(t_in.shape(group, 4, size, size))
         with torch.no_grad():
             assert relative_error(layer_e(x), layer_n(x)) <= TOL, name
@@ -345,7 +345,7 @@ def test_layers_are_escnn_modules():
 
     net = build_model("escnn", "C4", preset="gcnn-tiny", in_channels=1, image_size=9, num_classes=3)
     kinds = {type(m).__name__ for m in net.modules() if isinstance(m, enn.EquivariantModule)}
-    assert {"_R2Conv", "InnerBatchNorm", "ReLU", "PointwiseMaxPool2D", "_GroupPooling"} <= kinds
+    assert {"_R2Conv", "InnerBatchNorm", "ReLU", "PointwiseMaxPool2D"} <= kinds
 
 
 # ----------------------------------------------------------------------------- robustness

@@ -17,15 +17,14 @@ from conftest import ROOT
 from torch import nn
 
 from gcnnkit.cli import main
-from gcnnkit.core.backend import ACTIVATIONS
 from gcnnkit.core.errors import GcnnkitError, PluginError
+from gcnnkit.core.layers import ACTIVATIONS, EquivariantLayer, FieldBatchNorm, GroupPool2d
 from gcnnkit.core.registry import get_backend, get_group
 from gcnnkit.core.transforms import transform_image
 from gcnnkit.models.network import build_model, build_network
 from gcnnkit.models.spec import parse_layers
 from gcnnkit.tools.export import (
     FORMATS,
-    GroupPool2d,
     describe,
     export_model,
     floor_model,
@@ -165,7 +164,7 @@ def test_export_reproduces_the_network_and_stays_invariant(group, preset, size):
     assert all(isinstance(m, PLAIN_TYPES) for m in plain), [type(m).__name__ for m in plain]
     info = plain.gcnnkit_export
     assert info.rel_error <= TOL and all(layer.rel_error <= TOL for layer in info.layers)
-    assert {layer.method for layer in info.layers if layer.name.endswith(("lift", "gconv"))} == {"hook"}
+    assert {layer.method for layer in info.layers if layer.name.endswith(("lift", "gconv"))} == {"export_plain"}
     x = torch.randn(3, 1, size, size)
     with torch.no_grad():
         y = plain(x)
@@ -211,9 +210,8 @@ def test_every_layer_type_and_option_exports(layers, group):
             for element in range(g.order):
                 assert rel_err(plain(transform_image(x, g, element)), y) <= TOL
     assert len(plain.gcnnkit_export.sources) == len(plain)
-    methods = {layer.name.split(".")[1]: layer.method for layer in plain.gcnnkit_export.layers}
-    if "layernorm" in methods:
-        assert methods["layernorm"] in ("layernorm", "spec")
+    methods = [layer.method for layer in plain.gcnnkit_export.layers]  # plain torch layers are copied
+    assert methods == ["export_plain" if isinstance(m, EquivariantLayer) else "copy" for m in net.layers]
 
 
 def test_orbit_pool_fixes_the_image_size_of_the_export():
@@ -223,7 +221,7 @@ def test_orbit_pool_fixes_the_image_size_of_the_export():
     assert plain.gcnnkit_export.image_shape == (2, 11, 11)
 
 
-def test_floor_has_the_exports_structure_with_fresh_weights():
+def test_floor_has_the_exports_structure():
     net = custom_net(MIXED_LAYERS, "D4")
     floor, plain = floor_model(net), export_model(net)
     assert [type(m) for m in floor] == [type(m) for m in plain]
@@ -254,130 +252,69 @@ def test_export_of_a_non_exact_group_if_the_rotations_plugin_is_installed():
         assert rel_err(plain(x), net(x)) <= TOL
 
 
-# ----------------------------------------------------------------- fallbacks for other backends
+# ------------------------------------------------------------------ the contract is enforced
 class Opaque(nn.Module):
-    """Hides a layer's hooks (export_plain, filter_bank): only its outputs are visible."""
+    """A convolution hidden in a plain module: not an EquivariantConv, so outside the contract."""
 
-    def __init__(self, inner: nn.Module, square: bool = False) -> None:
+    def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.box = [inner]  # not a submodule: nothing to find by walking modules
-        self.params = nn.ParameterList(inner.parameters())
-        self.square = square
+        self.inner = inner
 
     def forward(self, x):
-        y = self.box[0](x)
-        return y + 0.1 * y**2 if self.square else y
+        return self.inner(x)
 
 
-class ManualFieldNorm(nn.Module):
-    """Eval-mode per-field affine written out by hand (no BatchNorm module inside)."""
+class WrongExport(FieldBatchNorm):
+    """A contract layer whose export_plain computes something else."""
+
+    def export_plain(self) -> nn.Module:
+        return nn.Identity()
+
+
+class FieldScale(nn.Module):
+    """A plain module that is not pointwise on the flattened layout (a per-field scale): it must be an
+    EquivariantLayer with its own export to be exported."""
 
     def __init__(self, fields: int) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.rand(fields) + 0.5)
-        self.shift = nn.Parameter(torch.rand(fields) - 0.5)
 
     def forward(self, x):
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * self.scale.view(shape) + self.shift.view(shape)
+        return x * self.scale.view(1, -1, *([1] * (x.ndim - 2)))
 
 
-class WrappedNorm(nn.Module):
-    def __init__(self, fields: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm3d(fields)
-
-    def forward(self, x):
-        return self.norm(x)
-
-
-def fallback_backend(conv="opaque", norm="manual"):
+def odd_backend(conv_wrapper=None, norm=None):
     native = type(get_backend("native"))
 
-    class Fallback(native):
-        name = "fallback-test"
+    class Odd(native):
+        name = "odd-test"
 
         def lifting_conv(self, *args, **kwargs):
-            return self._wrap(super().lifting_conv(*args, **kwargs))
-
-        def group_conv(self, *args, **kwargs):
-            return self._wrap(super().group_conv(*args, **kwargs))
-
-        def _wrap(self, layer):
-            if conv == "bank":  # filter_bank only, no hook
-                layer.export_plain = None
-                return layer
-            return Opaque(layer, square=conv == "nonlinear")
+            layer = super().lifting_conv(*args, **kwargs)
+            return conv_wrapper(layer) if conv_wrapper else layer
 
         def batch_norm(self, group, in_type):
-            if in_type.kind != "group":
+            if in_type.kind != "group" or norm is None:
                 return super().batch_norm(group, in_type)
-            return ManualFieldNorm(in_type.channels) if norm == "manual" else WrappedNorm(in_type.channels)
+            return norm(in_type.channels, group.order)
 
-    return Fallback()
-
-
-@pytest.mark.parametrize(("conv", "norm", "methods"), [
-    ("opaque", "manual", {"probe"}),
-    ("opaque", "wrapped", {"probe", "batchnorm"}),
-    ("bank", "wrapped", {"filter_bank", "batchnorm"}),
-])  # fmt: skip
-def test_layers_without_hooks_are_exported_by_filter_bank_or_measurement(conv, norm, methods):
-    net = custom_net(MIXED_LAYERS, "D4", backend=fallback_backend(conv, norm))
-    plain = export_model(net, image_size=13)
-    used = {layer.method for layer in plain.gcnnkit_export.layers if layer.name.split(".")[1] in
-            ("lift", "gconv", "batchnorm")}  # fmt: skip
-    assert used == methods
-    x = torch.randn(2, 2, 13, 13)
-    with torch.no_grad():
-        assert rel_err(plain(x), net(x)) <= TOL
+    return Odd()
 
 
-def test_a_layer_nothing_reproduces_fails_with_one_line():
-    net = custom_net(GROUP_POOL_LAYERS, "C4", backend=fallback_backend("nonlinear"))
-    with pytest.raises(GcnnkitError, match=r"layer 0\.lift \(Opaque\).*export_plain") as info:
-        export_model(net)
+def test_a_convolution_outside_the_contract_is_refused_at_build():
+    with pytest.raises(
+        PluginError, match=r"backend 'odd-test': lifting_conv returned a Opaque, not an EquivariantConv"
+    ):
+        custom_net(MIXED_LAYERS, "C4", backend=odd_backend(conv_wrapper=Opaque))
+
+
+@pytest.mark.parametrize("norm", [WrongExport, lambda fields, order: FieldScale(fields)], ids=["export", "plain"])
+def test_a_layer_whose_export_differs_fails_with_one_line_naming_it(norm):
+    net = custom_net(MIXED_LAYERS, "D4", backend=odd_backend(norm=norm))
+    randomize(net)
+    with pytest.raises(GcnnkitError, match=r"export: layer 1\.batchnorm \((WrongExport|FieldScale)\) differs") as info:
+        export_model(net, image_size=13)
     assert "\n" not in str(info.value)
-
-
-@pytest.mark.escnn
-def test_escnn_r2conv_layers_export_by_measurement():
-    """escnn's R2Conv wrapped to gcnnkit's layout, as a backend would: exported exactly."""
-    enn = pytest.importorskip("escnn.nn")
-    from escnn import gspaces
-
-    native = type(get_backend("native"))
-    gspace = gspaces.rot2dOnR2(N=4)
-
-    class R2ConvLayer(nn.Module):
-        def __init__(self, in_fields, out_fields, kernel, padding, lift):
-            super().__init__()
-            rin = gspace.trivial_repr if lift else gspace.regular_repr
-            self.conv = enn.R2Conv(
-                enn.FieldType(gspace, [rin] * in_fields), enn.FieldType(gspace, [gspace.regular_repr] * out_fields),
-                kernel, padding=padding,
-            )  # fmt: skip
-            self.out_fields = out_fields
-
-        def forward(self, x):
-            flat = x.reshape(x.shape[0], -1, *x.shape[-2:])
-            y = self.conv(enn.GeometricTensor(flat, self.conv.in_type)).tensor
-            return y.reshape(y.shape[0], self.out_fields, 4, *y.shape[-2:])
-
-    class EscnnLike(native):
-        def lifting_conv(self, group, in_type, out_fields, kernel_size, stride=1, padding=0, dilation=1, bias=True):
-            return R2ConvLayer(in_type.channels, out_fields, kernel_size, padding, True)
-
-        def group_conv(self, group, in_type, out_fields, kernel_size, stride=1, padding=0, dilation=1, bias=True):
-            return R2ConvLayer(in_type.channels, out_fields, kernel_size, padding, False)
-
-    layers = [{"type": "lift", "out": 3, "kernel": 5}, "batchnorm", "relu", {"type": "gconv", "out": 2},
-              {"type": "group_pool"}, {"type": "global_pool"}, {"type": "linear", "out": "classes"}]  # fmt: skip
-    net = custom_net(layers, "C4", backend=EscnnLike())
-    plain = export_model(net, image_size=11)
-    x = torch.randn(2, 2, 11, 11)
-    with torch.no_grad():
-        assert rel_err(plain(x), net(x)) <= TOL
 
 
 @pytest.mark.escnn

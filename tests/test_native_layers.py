@@ -19,15 +19,16 @@ from _helpers import (
 )
 from gcnnkit_native.backend import NativeBackend
 from gcnnkit_native.filters import disc_mask
-from gcnnkit_native.layers import FieldBatchNorm, GroupConv, GroupPool, LiftingConv
+from gcnnkit_native.layers import FieldBatchNorm, GroupConv, LiftingConv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gcnnkit.core.backend import ACTIVATIONS, GlobalPool, SpatialPool
+from gcnnkit.core.backend import BACKEND_API_VERSION
 from gcnnkit.core.errors import SpecError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import cyclic_group
+from gcnnkit.core.layers import ACTIVATIONS, GlobalPool, GroupPool, SpatialPool
 from gcnnkit.core.registry import get_backend
 from gcnnkit.core.transforms import transform_image
 
@@ -538,7 +539,7 @@ def test_c1_layers_are_plain_convolutions(stride, padding, dilation, kernel):
 # --------------------------------------------------------------------------- batch norm / pooling semantics
 def test_field_batch_norm_shares_statistics_over_the_group_axis():
     group = registered_group("D4")
-    bn = FieldBatchNorm(3)
+    bn = FieldBatchNorm(3, group.order)
     randomize_parameters(bn)
     x = torch.randn(4, 3, group.order, 5, 5) * 3 + 1
     y = bn.train()(x)
@@ -560,15 +561,15 @@ def test_field_batch_norm_shares_statistics_over_the_group_axis():
 
 def test_group_pool_layer_modes():
     x = torch.randn(2, 3, 4, 5, 5)
-    assert torch.equal(GroupPool("max")(x), x.amax(dim=2))
-    assert torch.allclose(GroupPool("mean")(x), x.mean(dim=2))
+    assert torch.equal(GroupPool(x.shape[2], "max")(x), x.amax(dim=2))
+    assert torch.allclose(GroupPool(x.shape[2], "mean")(x), x.mean(dim=2))
 
 
 # --------------------------------------------------------------------------- backend surface
 def test_backend_refuses_bad_modes_and_options():
     group = registered_group("C4")
     be = backend()
-    assert isinstance(be, NativeBackend) and be.name == "native" and be.api_version == 1
+    assert isinstance(be, NativeBackend) and be.name == "native" and be.api_version == BACKEND_API_VERSION
     with pytest.raises(SpecError, match="unknown group pooling mode 'avg'; allowed: max, mean"):
         be.group_pool(group, FieldType("group", 1), "avg")
     with pytest.raises(SpecError, match="unknown activation 'swish'; allowed: relu"):
@@ -592,7 +593,7 @@ def test_field_batch_norm_in_nhwc_is_batchnorm3d_and_keeps_the_layout(momentum, 
     from gcnnkit_native.layers import FieldBatchNorm
 
     torch.manual_seed(0)
-    ref = FieldBatchNorm(6, momentum=momentum, track_running_stats=track, affine=affine)
+    ref = FieldBatchNorm(6, 4, momentum=momentum, track_running_stats=track, affine=affine)
     if affine:
         with torch.no_grad():
             ref.weight.uniform_(0.5, 1.5)

@@ -12,9 +12,9 @@ from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option(
     "--backends",
-    default="native,escnn",
-    show_default=True,
-    help="Two backends, comma-separated. The config's backend_options go to the config's own backend.",
+    default=None,
+    help="Two backends, comma-separated (default: the two installed ones, the reference backend first). "
+    "The config's backend_options go to the config's own backend.",
 )
 @set_option
 @click.option(
@@ -51,7 +51,7 @@ from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
 )
 def command(
     config: str,
-    backends: str,
+    backends: str | None,
     overrides: tuple[str, ...],
     as_json: bool,
     plot: str | None,
@@ -80,7 +80,7 @@ def command(
     from gcnnkit.run.config import load_config
     from gcnnkit.tools.compare import compare_config, format_report, parse_backends, plot_report
 
-    names = parse_backends(backends)
+    names = parse_backends(backends) if backends is not None else None
     report = compare_config(
         load_config(config, overrides),
         names,

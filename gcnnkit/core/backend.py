@@ -1,51 +1,94 @@
-"""The layer interface every backend implements.
+"""The backend contract: every method and hook a backend plugin implements, with its tensor shapes.
 
-A backend is a factory of ``nn.Module`` layers on plain tensors in gcnnkit's layout (see
-:mod:`gcnnkit.core.fields`). Every factory has the same leading arguments ``(group, in_type)``
-and returns a module mapping a tensor of ``in_type`` to a tensor of the type given by
-:meth:`Backend.out_type` — so any layer of one backend can be compared one to one with the
-same layer of another.
+A backend builds the layers of a network for a group. Every layer takes and returns plain
+tensors in gcnnkit's layout (:mod:`gcnnkit.core.fields`)::
 
-Backends register under the entry-point group ``gcnnkit.backends``; the entry point's
-object is a :class:`Backend` subclass or instance with ``api_version`` set to the
-:data:`BACKEND_API_VERSION` it was written for.
+    image    [B, C, H, W]          C trivial fields (the input, or after group pooling)
+    group    [B, C, |G|, H, W]     C regular fields, group axis in the group's element order
+    vector   [B, C]                invariant features and logits
 
-Layers that do not depend on how convolutions are implemented (activations, dropout, layer
-norm, spatial, global and orbit pooling, linear head) have default implementations here; a
-backend may override any of them.
+The *flattened layout* of a group map is ``[B, C·|G|, H, W]`` (channel ``c·|G| + g``); on it, every
+layer of a G-CNN is an ordinary torch layer, which is what :meth:`EquivariantLayer.export_plain`
+returns and what ``gcnnkit export`` writes.
+
+What a backend implements (``docs/backend-plugins.md`` walks through an example):
+
+=================================  =========  ==========================================================
+method                             required   returns
+=================================  =========  ==========================================================
+:meth:`Backend.lifting_conv`       yes        :class:`EquivariantConv` ``image → group``
+:meth:`Backend.group_conv`         yes        :class:`EquivariantConv` ``group → group``
+:meth:`Backend.batch_norm`,        no         any layer of the contract (defaults in
+``group_pool``, ``activation``,               :mod:`gcnnkit.core.layers`)
+``dropout``, ``layer_norm``,
+``spatial_pool``, ``global_pool``,
+``orbit_pool``, ``linear``
+:meth:`Backend.supports`           no         why a group cannot be built (default: every group)
+:meth:`Backend.with_options`       no         the backend configured by ``model.backend_options``
+:meth:`Backend.export_weights`,    no         weights in the *transfer format* and back, for
+:meth:`Backend.import_weights`                ``gcnnkit compare`` (default: the layer's state dict)
+=================================  =========  ==========================================================
+
+*Layers of the contract* (declared in :mod:`gcnnkit.core.layers`). A factory returns either an
+:class:`EquivariantLayer` — which declares :meth:`~EquivariantLayer.export_plain` and may honour
+:attr:`~EquivariantLayer.channels_last` — or a plain torch module that computes the same on the
+flattened layout as on gcnnkit's (a pointwise activation, dropout, ``nn.Linear`` on vectors,
+``nn.BatchNorm2d`` on images). Convolutions are :class:`EquivariantConv`: they expose their
+expanded filter bank, and their export is that bank in an ``nn.Conv2d``.
+
+*Transfer format.* The weights of a layer as the tied (one filter per field pair) state dict:
+convolutions ``weight`` ``[C_out, C_in, k, k]`` (lifting) or ``[C_out, C_in, |G|, k, k]`` (group),
+``weight[o, c, g]`` being the filter from input channel ``g`` of field ``c`` to output channel
+``e`` of field ``o``, and ``bias`` ``[C_out]``; batch norm ``weight``, ``bias``, ``running_mean``,
+``running_var`` ``[C]`` and ``num_batches_tracked``; plain modules their own state dict. A backend
+whose layers store their weights in another parametrisation (e.g. a steerable basis) converts in
+:meth:`Backend.export_weights` / :meth:`Backend.import_weights`.
+
+*Versioning.* A backend sets ``api_version = BACKEND_API_VERSION`` of the gcnnkit it was written
+for; the registry refuses a backend written for another version, with a message naming both.
+:func:`gcnnkit.testing.assert_backend_conforms` checks all of the above for any backend.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gcnnkit.core.errors import SpecError, UnsupportedGroupError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
-from gcnnkit.core.transforms import transform_image
+from gcnnkit.core.layers import (
+    ACTIVATIONS,
+    EquivariantConv,
+    EquivariantLayer,
+    FieldBatchNorm,
+    FieldLayerNorm,
+    GlobalPool,
+    GroupPool,
+    OrbitPool,
+    SpatialPool,
+)
+
+__all__ = ["BACKEND_API_VERSION", "ACTIVATIONS", "Backend", "EquivariantLayer", "EquivariantConv"]
 
 #: Version of the backend plugin API; a backend declares the version it was written for.
-BACKEND_API_VERSION = 1
-
-#: Pointwise nonlinearities every backend provides (they act per channel, so they commute
-#: with the permutation action of any group).
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-}
+#: 2: the layer contract (EquivariantLayer, EquivariantConv), transfer hooks on the Backend,
+#: ``orbit_pool`` takes the map size.
+BACKEND_API_VERSION = 2
 
 
+# ------------------------------------------------------------------------------ backend
 class Backend(abc.ABC):
-    """Builds equivariant layers for a group. Subclasses set ``name`` and ``api_version``."""
+    """Builds equivariant layers for a group. Subclasses set ``name`` and ``api_version``.
+
+    Every factory has the leading arguments ``(group, in_type)`` and returns a layer of the
+    contract (see the module docstring) mapping a tensor of ``in_type`` to the type the network
+    builder expects, so any layer of one backend can be compared one to one with the same layer of
+    another.
+    """
 
     name: str = ""
     api_version: int | None = None
@@ -84,7 +127,7 @@ class Backend(abc.ABC):
         padding: int = 0,
         dilation: int = 1,
         bias: bool = True,
-    ) -> nn.Module:
+    ) -> EquivariantConv:
         """``[B, C_in, H, W] → [B, out_fields, |G|, H', W']``: correlate with ``|G|`` transformed filters."""
 
     @abc.abstractmethod
@@ -98,19 +141,21 @@ class Backend(abc.ABC):
         padding: int = 0,
         dilation: int = 1,
         bias: bool = True,
-    ) -> nn.Module:
+    ) -> EquivariantConv:
         """``[B, C_in, |G|, H, W] → [B, out_fields, |G|, H', W']``: filters transformed spatially
         and permuted along the group axis."""
 
-    @abc.abstractmethod
+    # ----------------------------------------------------- layers with defaults
+    def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
+        """Batch norm with one mean/variance/affine per field, shared over the group axis (shape preserving)."""
+        if in_type.kind == "group":
+            return FieldBatchNorm(in_type.channels, group.order)
+        return nn.BatchNorm2d(in_type.channels)
+
     def group_pool(self, group: Group, in_type: FieldType, mode: str = "max") -> nn.Module:
         """``[B, C, |G|, H, W] → [B, C, H, W]``: ``max`` or ``mean`` over the group axis (invariant)."""
+        return GroupPool(group.order, mode)
 
-    @abc.abstractmethod
-    def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
-        """Batch norm with one mean/variance/affine per field, shared over the group axis."""
-
-    # ----------------------------------------------------- shared default layers
     def activation(self, group: Group, in_type: FieldType, name: str = "relu") -> nn.Module:
         """Pointwise nonlinearity (shape preserving)."""
         if name not in ACTIVATIONS:
@@ -124,7 +169,7 @@ class Backend(abc.ABC):
     def layer_norm(self, group: Group, in_type: FieldType, affine: bool = True, eps: float = 1e-5) -> nn.Module:
         """Per-sample normalisation over everything but the batch axis (``C, (|G|,) H, W``), then an
         optional scale and shift per field (shared over the group axis and space)."""
-        return FieldLayerNorm(in_type.channels, affine, eps)
+        return FieldLayerNorm(in_type.channels, _order(group, in_type), affine, eps)
 
     def spatial_pool(
         self,
@@ -140,110 +185,40 @@ class Backend(abc.ABC):
 
     def global_pool(self, group: Group, in_type: FieldType, mode: str = "avg") -> nn.Module:
         """Pool over space (and the group axis, if any): ``→ [B, C]`` invariant features."""
-        return GlobalPool(mode)
+        return GlobalPool(mode, _order(group, in_type))
 
-    def orbit_pool(self, group: Group, in_type: FieldType, mode: str = "mean") -> nn.Module:
-        """``[B, C, (|G|,) H, W] → [B, C·H·W]``: pool over the group axis and over the group's spatial
-        action on the map (``mean``/``max`` of ``g·x`` over ``g``), then flatten. The map keeps its
-        spatial layout but is invariant, so a linear head may read every position."""
-        return OrbitPool(group, mode)
+    def orbit_pool(self, group: Group, in_type: FieldType, mode: str = "mean", *, size: int) -> nn.Module:
+        """``[B, C, (|G|,) size, size] → [B, C·size²]``: pool over the group axis and over the group's
+        spatial action on the map (``mean``/``max`` of ``g·x`` over ``g``), then flatten. The map keeps
+        its spatial layout but is invariant, so a linear head may read every position."""
+        return OrbitPool(group, mode, size, in_type.kind == "group")
 
     def linear(self, group: Group, in_type: FieldType, out_features: int, bias: bool = True) -> nn.Module:
         """``[B, C] → [B, out_features]`` on invariant features."""
         return nn.Linear(in_type.channels, out_features, bias=bias)
 
+    # ---------------------------------------------------------- weight transfer
+    def export_weights(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        """``layer``'s weights in the transfer format (see the module docstring). Default: its state dict."""
+        return {key: value.detach().clone() for key, value in layer.state_dict().items()}
+
+    def import_weights(self, layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
+        """Load transfer-format ``state`` into ``layer``; returns the relative residual of the projection
+        onto the layer's parameter space (0 when exact). Default: ``load_state_dict``."""
+        with torch.no_grad():
+            layer.load_state_dict(dict(state))
+        return 0.0
+
+    @property
+    def stores_transfer_format(self) -> bool:
+        """True when this backend keeps its weights in the transfer format (it converts nothing)."""
+        cls = type(self)
+        return cls.export_weights is Backend.export_weights and cls.import_weights is Backend.import_weights
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-_POOL_MODES = ("max", "avg")
-
-
-class SpatialPool(nn.Module):
-    """Max/avg pooling over the last two axes of ``[B, C, H, W]`` or ``[B, C, |G|, H, W]``."""
-
-    def __init__(self, mode: str = "max", kernel_size: int = 2, stride: int | None = None, padding: int = 0):
-        super().__init__()
-        if mode not in _POOL_MODES:
-            raise SpecError(f"unknown spatial pooling mode {mode!r}; allowed: {', '.join(_POOL_MODES)}")
-        self.mode, self.kernel_size = mode, kernel_size
-        self.stride, self.padding = stride or kernel_size, padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-2]
-        flat = x.reshape(lead[0], -1, *x.shape[-2:])
-        if self.mode == "max":
-            out = F.max_pool2d(flat, self.kernel_size, self.stride, self.padding)
-        else:
-            out = F.avg_pool2d(flat, self.kernel_size, self.stride, self.padding, count_include_pad=False)
-        return out.reshape(*lead, *out.shape[-2:])
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
-
-
-class GlobalPool(nn.Module):
-    """Pool everything but batch and channel: ``[B, C, ...] → [B, C]`` (max or avg)."""
-
-    def __init__(self, mode: str = "avg"):
-        super().__init__()
-        if mode not in _POOL_MODES:
-            raise SpecError(f"unknown global pooling mode {mode!r}; allowed: {', '.join(_POOL_MODES)}")
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(2)
-        return flat.amax(dim=2) if self.mode == "max" else flat.mean(dim=2)
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode}"
-
-
-class FieldLayerNorm(nn.Module):
-    """Layer norm of ``[B, C, ...]`` over all but the batch axis, with an optional affine map per field.
-
-    The mean and variance of a sample are taken over every entry, so a permutation of the entries
-    (any exact group element acting on a group or image map) leaves them unchanged: the layer is
-    equivariant. The scale and shift have one value per field (``C``), shared over the group axis
-    and space, as in batch norm. ``affine=False`` is ``F.layer_norm(x, x.shape[1:])``.
-    """
-
-    def __init__(self, channels: int, affine: bool = True, eps: float = 1e-5):
-        super().__init__()
-        self.channels, self.eps = channels, eps
-        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # one group over all of (C, ...) is a per-sample layer norm; group_norm's affine is per channel
-        # (axis 1), i.e. per field — the same result as layer_norm + broadcasting, in one fused op
-        return F.group_norm(x, 1, self.weight, self.bias, self.eps)
-
-    def extra_repr(self) -> str:
-        return f"{self.channels}, affine={self.weight is not None}, eps={self.eps:g}"
-
-
-class OrbitPool(nn.Module):
-    """``[B, C, |G|, H, W]`` or ``[B, C, H, W]`` → ``[B, C·H·W]``: ``mean``/``max`` over the group axis
-    and over ``transform_image(·, g)`` for every ``g`` of the group, then flatten.
-
-    The result is invariant: rotating the input by ``r`` rotates the group-pooled map by ``r``,
-    which only reorders the orbit ``{g·m}``. Exact for elements that permute pixels, approximate
-    (bilinear) for the others; the map must be square when the group has 90° rotations.
-    """
-
-    def __init__(self, group: Group, mode: str = "mean"):
-        super().__init__()
-        if mode not in ("mean", "max"):
-            raise SpecError(f"unknown orbit pooling mode {mode!r}; allowed: mean, max")
-        self.group, self.mode = group, mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 5:  # group map: pool the group axis first (it commutes with the orbit average)
-            x = x.mean(dim=2) if self.mode == "mean" else x.amax(dim=2)
-        orbit = torch.stack([transform_image(x, self.group, g) for g in range(self.group.order)])
-        pooled = orbit.mean(dim=0) if self.mode == "mean" else orbit.amax(dim=0)
-        return pooled.flatten(1)
-
-    def extra_repr(self) -> str:
-        return f"group={self.group.name}, mode={self.mode}"
+def _order(group: Group, in_type: FieldType) -> int:
+    """Channels per field of ``in_type``: ``|G|`` for group maps, 1 otherwise."""
+    return group.order if in_type.kind == "group" else 1

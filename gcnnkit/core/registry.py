@@ -350,6 +350,18 @@ def group_names() -> list[str]:
     return REGISTRY.names("group")
 
 
+def loadable_backends() -> list[str]:
+    """The installed backends that load: those that keep their weights in the transfer format first
+    (the reference the others are compared with, see :mod:`gcnnkit.core.backend`), then by name."""
+    loaded = []
+    for name in backend_names():
+        try:
+            loaded.append(get_backend(name))
+        except PluginError:
+            continue
+    return [b.name for b in sorted(loaded, key=lambda b: (not b.stores_transfer_format, b.name))]
+
+
 def register_backend(name: str, backend: Backend | type[Backend]) -> None:
     """Register a backend in this process (no entry point needed), e.g. from a notebook."""
     REGISTRY.register("backend", name, backend)

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from gcnnkit.core.backend import Backend
-from gcnnkit.core.errors import SpecError
+from gcnnkit.core.errors import PluginError, SpecError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
+from gcnnkit.core.layers import EquivariantConv, EquivariantLayer
 from gcnnkit.models.spec import LayerSpec
 
 #: How ``out`` of ``lift``/``gconv`` layers is read.
@@ -70,8 +71,9 @@ class EquivariantNet(nn.Module):
     def set_channels_last(self, enabled: bool = True) -> EquivariantNet:
         """Run every convolution in ``torch.channels_last`` (NHWC) memory format, or back in NCHW.
 
-        Layers that declare a ``channels_last`` attribute (the convolutions of the native and escnn
-        backends) make their ``conv2d`` input and filter bank NHWC, so their ``[B, C·|G|, H, W]``
+        Layers of the contract (:class:`~gcnnkit.core.layers.EquivariantLayer`) get their
+        ``channels_last`` flag; convolutions that honour it make their ``conv2d`` input and filter
+        bank NHWC, so their ``[B, C·|G|, H, W]``
         outputs — and the ``[B, C, |G|, H, W]`` views of them — stay NHWC through the pointwise
         layers; plain ``nn.Conv2d`` layers get NHWC weights. Values are unchanged (up to float
         rounding of another summation order); only the layout, hence the kernels, change. NHWC is
@@ -79,7 +81,7 @@ class EquivariantNet(nn.Module):
         """
         fmt = torch.channels_last if enabled else torch.contiguous_format
         for module in self.modules():
-            if module is not self and hasattr(module, "channels_last"):
+            if isinstance(module, EquivariantLayer):
                 module.channels_last = enabled
             elif isinstance(module, nn.Conv2d):
                 module.weight.data = module.weight.data.contiguous(memory_format=fmt)
@@ -191,6 +193,11 @@ def build_network(
             fields = num_classes if p["out"] == "classes" else field_count(p["out"], group, widths)
             factory = backend.lifting_conv if spec.type == "lift" else backend.group_conv
             layer = factory(group, current, fields, p["kernel"], p["stride"], padding, p["dilation"], p["bias"])
+            if not isinstance(layer, EquivariantConv):
+                raise PluginError(
+                    f"backend {backend.name!r}: {factory.__name__} returned a {type(layer).__name__}, not an "
+                    f"EquivariantConv (gcnnkit.core.layers); the backend was written for another layer contract"
+                )
             out = FieldType("group", fields)
         elif spec.type in ("batchnorm", "layernorm", "act", "dropout", "pool"):
             if current.kind == "vector" and spec.type in ("batchnorm", "pool"):
@@ -226,7 +233,7 @@ def build_network(
             if image_size is None:
                 raise SpecError(f"{where}: orbit_pool needs the input image size to know its output size")
             side = _spatial_size(specs[:i], image_size)
-            layer = backend.orbit_pool(group, current, p["mode"])
+            layer = backend.orbit_pool(group, current, p["mode"], size=side)
             out = FieldType("vector", current.channels * side * side)
         elif spec.type == "linear":
             if current.kind != "vector":

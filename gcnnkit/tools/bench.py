@@ -34,16 +34,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from gcnnkit.core.errors import GcnnkitError, PluginError, UnsupportedGroupError
+from gcnnkit.core.errors import GcnnkitError, UnsupportedGroupError
+from gcnnkit.core.registry import loadable_backends
 from gcnnkit.models.network import EquivariantNet, build_model
 from gcnnkit.run import rundir
-from gcnnkit.tools.export import _plain_layer, export_model, flatten_field, floor_model
+from gcnnkit.tools.export import export_model, flatten_field, floor_model, plain_layers
 
 MODES = ("eval", "train")
 FLOOR = "floor"
 EXPORT = "export"
-#: Backends benchmarked when none are named (those installed).
-DEFAULT_BACKENDS = ("native", "escnn")
 DEFAULT_BATCH_SIZES = (1, 64, 256)
 DEFAULT_SIZES = (28, 64)
 DEFAULT_REPEATS = 9
@@ -175,20 +174,6 @@ class BenchCase:
         )
 
 
-def installed_backends(names: Iterable[str] = DEFAULT_BACKENDS) -> list[str]:
-    """Those of ``names`` that are installed and load."""
-    from gcnnkit.core.registry import get_backend
-
-    out = []
-    for name in names:
-        try:
-            get_backend(name)
-        except PluginError:
-            continue
-        out.append(name)
-    return out
-
-
 def preset_cases(
     presets: Sequence[str] | None = None,
     group: str | None = None,
@@ -197,7 +182,7 @@ def preset_cases(
     num_classes: int = 10,
 ) -> list[BenchCase]:
     """Cases for ``presets`` (default: :data:`DEFAULT_PRESETS`; ``["all"]``: every registered one)
-    on ``backends`` (default: the installed ones).
+    on ``backends`` (default: the installed ones, :func:`~gcnnkit.core.registry.loadable_backends`).
 
     A preset runs on ``group``, else on the group it was published for, else on
     :data:`DEFAULT_GROUP`; at the image size it was published for, unless sizes are given to
@@ -208,7 +193,7 @@ def preset_cases(
     names = list(presets) if presets else list(DEFAULT_PRESETS)
     if names == ["all"]:
         names = list(PRESETS)
-    chosen = list(backends) if backends else installed_backends()
+    chosen = list(backends) if backends else loadable_backends()
     cases = []
     for name in names:
         preset = get_preset(name)  # one-line error for unknown names
@@ -357,8 +342,8 @@ def _build_times(builders: dict[str, Callable[[], Any]], repeats: int) -> tuple[
 def _layer_modules(floor: nn.Sequential, net: EquivariantNet) -> list[nn.Module]:
     """The floor's module(s) of each layer of ``net`` (an ``nn.Sequential`` where there are several)."""
     out, i = [], 0
-    for spec, t_in, t_out in zip(net.specs, net.in_types, net.out_types, strict=True):
-        n = len(_plain_layer(spec, t_in, t_out, net.group))
+    for modules in plain_layers(net):
+        n = len(modules)
         out.append(floor[i] if n == 1 else nn.Sequential(*floor[i : i + n]))  # no wrapper overhead
         i += n
     return out

@@ -14,17 +14,13 @@ data set; no data is loaded) and compared layer by layer and end to end:
 * **weight transfer** in both directions: the weights of one network (its batch-norm statistics,
   biases and affine parameters randomised first, so that they matter) are loaded into the other,
   then the relative difference of every layer's output (on the same input) and of the logits is
-  reported. Transfers go through the *native format* — the state dict of the native backend's layer
-  (see ``Backend`` hooks below);
+  reported. Transfers go through the *transfer format* of :mod:`gcnnkit.core.backend` (the tied
+  state dict of a layer), with the backends' ``export_weights`` / ``import_weights``;
 * **speed**: forward (eval mode, no autograd) and forward + backward (train mode) of each backend,
   repetitions interleaved, medians; the ratio is the median of per-repetition ratios.
 
-Transfer hooks. A backend whose layers are not stored in the native format offers
-``export_native_weights(layer) -> dict[str, Tensor]`` and
-``import_native_weights(layer, state) -> float`` (the relative residual of the projection onto its
-parameter space, 0 when exact); for other backends a layer's own ``state_dict`` is its native
-format. The escnn backend (plugin ``gcnnkit-escnn``) has both hooks; this module only reaches them
-through the backend object.
+Backends. Without ``--backends`` the two installed backends are compared, the one that keeps its
+weights in the transfer format first (:func:`gcnnkit.core.registry.loadable_backends`).
 
 Verdict: the report fails when an exact-element equivariance error, or the error of a transfer that
 is exact by construction, exceeds the tolerance. A transfer is exact by construction when the group
@@ -49,7 +45,10 @@ from gcnnkit.core.backend import Backend
 from gcnnkit.core.equivariance import DEFAULT_TOLERANCE, check_network, relative_error
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.core.group import Group
-from gcnnkit.models.network import EquivariantNet
+from gcnnkit.core.registry import get_backend, loadable_backends, require_plugins
+from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.run.config import Config, load_config
+from gcnnkit.run.data import dataset_info
 
 #: A transfer whose projection residuals are all at most this is exact by construction.
 EXACT_RESIDUAL = 1e-6
@@ -170,25 +169,7 @@ class CompareReport:
         }
 
 
-# ----------------------------------------------------------------------------- transfer hooks
-def export_weights(backend: Backend, layer: nn.Module) -> dict[str, torch.Tensor]:
-    """``layer``'s weights in the native format (the backend's ``export_native_weights`` hook, else its state dict)."""
-    hook = getattr(backend, "export_native_weights", None)
-    if hook is not None:
-        return hook(layer)
-    return {key: value.detach().clone() for key, value in layer.state_dict().items()}
-
-
-def import_weights(backend: Backend, layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
-    """Load native-format ``state`` into ``layer``; the projection's relative residual (0 when exact)."""
-    hook = getattr(backend, "import_native_weights", None)
-    if hook is not None:
-        return float(hook(layer, state))
-    with torch.no_grad():
-        layer.load_state_dict(dict(state))
-    return 0.0
-
-
+# ----------------------------------------------------------------------------- transfer
 def transfer_weights(
     source_backend: Backend, source: EquivariantNet, target_backend: Backend, target: EquivariantNet
 ) -> list[float]:
@@ -198,7 +179,7 @@ def transfer_weights(
             f"the networks have {len(source.layers)} and {len(target.layers)} layers; build the same spec"
         )
     return [
-        import_weights(target_backend, dst, export_weights(source_backend, src))
+        target_backend.import_weights(dst, source_backend.export_weights(src))
         for src, dst in zip(source.layers, target.layers, strict=True)
     ]
 
@@ -433,7 +414,7 @@ def parse_backends(text: str) -> list[str]:
 
 def compare_config(
     config,
-    backends: Sequence[str] = ("native", "escnn"),
+    backends: Sequence[str] | None = None,
     *,
     batch: int = DEFAULT_BATCH,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -443,16 +424,19 @@ def compare_config(
 ) -> CompareReport:
     """Build ``config``'s model on both ``backends`` and compare them (:func:`compare_networks`).
 
-    ``config`` is a :class:`~gcnnkit.run.config.Config` or a path. ``model.backend_options`` go to the
-    config's own backend; the other backend gets none. The input shape and class count come from
+    ``config`` is a :class:`~gcnnkit.run.config.Config` or a path; ``backends`` default to the two
+    installed ones (:func:`~gcnnkit.core.registry.loadable_backends`). ``model.backend_options`` go to
+    the config's own backend; the other backend gets none. The input shape and class count come from
     the data set's metadata (nothing is loaded). Weights are initialised from the config's seed.
     """
-    from gcnnkit.core.registry import get_backend, require_plugins
-    from gcnnkit.models.network import build_model
-    from gcnnkit.run.config import Config, load_config
-    from gcnnkit.run.data import dataset_info
-
     config = config if isinstance(config, Config) else load_config(config)
+    if backends is None:
+        backends = loadable_backends()
+        if len(backends) != 2:
+            raise ConfigError(
+                f"--backends: {len(backends)} backends are installed ({', '.join(backends) or 'none'}); "
+                f"name the two to compare, e.g. --backends {','.join(backends[:2]) or 'native,escnn'}"
+            )
     if len(backends) != 2 or backends[0] == backends[1]:
         raise ConfigError(f"--backends: expected two different backends, got {', '.join(backends)}")
     require_plugins(config.required_plugins)

@@ -2,7 +2,9 @@
 
 A regular group convolution is one ``conv2d`` with ``|G|``-fold channels once its filter bank
 is gathered. Seen on the *flattened layout* — a group feature map ``[B, C, |G|, H, W]`` read as
-``[B, C·|G|, H, W]`` (channel ``c·|G| + g``) — every layer of a G-CNN is an ordinary layer:
+``[B, C·|G|, H, W]`` (channel ``c·|G| + g``) — every layer of a G-CNN is an ordinary layer, and the
+backend contract makes each layer say which (:meth:`~gcnnkit.core.layers.EquivariantLayer.export_plain`;
+plain torch layers such as activations and the linear head are copied):
 
 =============  ===========================================================================
 spec layer     plain module on the flattened layout
@@ -12,29 +14,23 @@ batchnorm      ``nn.BatchNorm2d(C·|G|)``, each field's statistics and affine re
 layernorm      ``nn.GroupNorm(1, C·|G|)`` (one group: all of ``C·|G|, H, W``), affine repeated
 act, dropout   the same ``nn`` module
 pool           ``nn.MaxPool2d`` / ``nn.AvgPool2d(count_include_pad=False)``
-group_pool     :class:`GroupPool2d` (reshape to ``[B, C, |G|, H, W]`` + ``amax``/``mean``)
-global_pool    (:class:`GroupPool2d` +) ``nn.AdaptiveMax/AvgPool2d(1)`` + ``nn.Flatten``
-orbit_pool     (:class:`GroupPool2d` +) the orbit of each pixel as a fixed ``nn.Linear`` on the
+group_pool     :class:`~gcnnkit.core.layers.GroupPool2d` (reshape to ``[B, C, |G|, H, W]`` + ``amax``/``mean``)
+global_pool    (``GroupPool2d`` +) ``nn.AdaptiveMax/AvgPool2d(1)`` + ``nn.Flatten``
+orbit_pool     (``GroupPool2d`` +) the orbit of each pixel as a fixed ``nn.Linear`` on the
                flattened map (mean: one ``[HW, HW]`` matrix; max: ``|G|`` stacked, then
                ``nn.AdaptiveMaxPool2d``) + ``nn.Flatten``
 linear         ``nn.Linear``
 =============  ===========================================================================
 
-* :func:`floor_model` builds that plain stack with fresh weights: the *floor* a G-CNN of
-  these shapes can run at (see :mod:`gcnnkit.tools.bench`).
-* :func:`export_model` builds it with the network's weights, checks it layer by layer against
-  the network (relative error ≤ ``tolerance``) and returns an ``nn.Sequential`` that needs
-  neither gcnnkit nor a backend plugin. Write it to disk with :func:`save_export` as
-  TorchScript, ONNX or a state dict + architecture description (:func:`load_state_export`
-  is the reference loader; ``docs/export.md`` has a 30-line version without gcnnkit).
-
-Backend layers are exported through, in order: an optional per-layer hook
-``layer.export_plain() -> nn.Module`` (a module on the flattened layout, see
-:data:`EXPORT_HOOK`); the layer's ``filter_bank()`` (convolutions), a contained
-``nn.BatchNorm3d``/``nn.BatchNorm2d`` (batch norm) or its ``eps`` and per-field
-``weight``/``bias`` (layer norm); and, when none is there, the layer's response to impulses
-(convolutions and eval-mode batch norms are affine, so their weights can be measured). Every
-candidate is checked numerically and the first one that matches is used.
+* :func:`floor_model` is that plain stack: the *floor* a G-CNN of these shapes can run at (see
+  :mod:`gcnnkit.tools.bench`).
+* :func:`export_model` checks it layer by layer against the network (relative error ≤
+  ``tolerance``) and returns an ``nn.Sequential`` that needs neither gcnnkit nor a backend plugin.
+  Write it to disk with :func:`save_export` as TorchScript, ONNX or a state dict + architecture
+  description (:func:`load_state_export` is the reference loader; ``docs/export.md`` has a 30-line
+  version without gcnnkit). The state format is home-made rather than ``torch.export``'s ``.pt2``
+  because it loads with ``torch.load(weights_only=True)``: ``torch.export.load`` falls back to
+  unpickling arbitrary objects when that fails.
 """
 
 from __future__ import annotations
@@ -52,19 +48,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from gcnnkit.core.backend import ACTIVATIONS
+from gcnnkit.core.equivariance import relative_error
 from gcnnkit.core.errors import GcnnkitError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
+from gcnnkit.core.layers import EquivariantLayer, GroupPool2d
+from gcnnkit.core.modes import eval_mode
+from gcnnkit.core.transforms import transform_image
 from gcnnkit.models.network import EquivariantNet, resolve_padding
-from gcnnkit.models.spec import LayerSpec
 from gcnnkit.run.data import normalise
 from gcnnkit.run.rundir import load_run
-
-#: Name of the optional method a backend layer implements to export itself: it takes no
-#: arguments and returns a plain-PyTorch module (detached copies of the current weights) that
-#: computes the layer on the flattened layout.
-EXPORT_HOOK = "export_plain"
 
 #: Formats :func:`save_export` writes.
 FORMATS = ("torchscript", "onnx", "state")
@@ -77,35 +70,7 @@ STATE_VERSION = 1
 EXPORT_TOLERANCE = 1e-5
 
 
-class GroupPool2d(nn.Module):
-    """``[B, C·n, H, W] → [B, C, H, W]``: max or mean over the ``n`` group channels of each field.
-
-    The flattened-layout form of group pooling (scriptable, ONNX-exportable).
-    """
-
-    def __init__(self, order: int, mode: str = "max") -> None:
-        super().__init__()
-        if mode not in ("max", "mean"):
-            raise ValueError(f"group pooling mode must be 'max' or 'mean', got {mode!r}")
-        self.order = order
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], -1, self.order, x.shape[2], x.shape[3])
-        if self.mode == "max":
-            return x.amax(dim=2)
-        return x.mean(dim=2)
-
-    def extra_repr(self) -> str:
-        return f"order={self.order}, mode={self.mode}"
-
-
 # ------------------------------------------------------------------------------ structure
-def flat_channels(field_type: FieldType, group: Group) -> int:
-    """Channels of ``field_type`` on the flattened layout (``C·|G|`` for group maps)."""
-    return field_type.channels * (group.order if field_type.kind == "group" else 1)
-
-
 def flatten_field(x: torch.Tensor, field_type: FieldType) -> torch.Tensor:
     """``[B, C, |G|, H, W] → [B, C·|G|, H, W]`` for group maps; other kinds unchanged."""
     if field_type.kind == "group":
@@ -113,106 +78,47 @@ def flatten_field(x: torch.Tensor, field_type: FieldType) -> torch.Tensor:
     return x
 
 
-def _plain_layer(spec: LayerSpec, in_type: FieldType, out_type: FieldType, group: Group) -> list[nn.Module]:
-    """Fresh plain modules (default init) computing ``spec`` on the flattened layout."""
-    p, t = spec.params, spec.type
-    if t in ("lift", "gconv"):
-        padding = resolve_padding(p["padding"], p["kernel"], p["dilation"])
-        conv = nn.Conv2d(
-            flat_channels(in_type, group),
-            flat_channels(out_type, group),
-            p["kernel"],
-            p["stride"],
-            padding,
-            p["dilation"],
-            bias=p["bias"],
-        )
-        return [conv]
-    if t == "batchnorm":
-        return [nn.BatchNorm2d(flat_channels(in_type, group))]
-    if t == "layernorm":
-        return [nn.GroupNorm(1, flat_channels(in_type, group), eps=float(p["eps"]), affine=p["affine"])]
-    if t == "act":
-        return [ACTIVATIONS[p["fn"]]()]
-    if t == "dropout":
-        return [nn.Dropout(p["p"])]
-    if t == "pool":
-        stride = p["stride"] or p["kernel"]
-        if p["mode"] == "max":
-            return [nn.MaxPool2d(p["kernel"], stride, p["padding"])]
-        return [nn.AvgPool2d(p["kernel"], stride, p["padding"], count_include_pad=False)]
-    if t == "group_pool":
-        return [GroupPool2d(group.order, p["mode"])]
-    if t == "global_pool":
-        out: list[nn.Module] = []
-        if in_type.kind == "group":  # max/mean over the group axis, then over space
-            out.append(GroupPool2d(group.order, "max" if p["mode"] == "max" else "mean"))
-        out.append(nn.AdaptiveMaxPool2d(1) if p["mode"] == "max" else nn.AdaptiveAvgPool2d(1))
-        out.append(nn.Flatten(1))
-        return out
-    if t == "orbit_pool":
-        return _orbit_pool(in_type, out_type, group, p["mode"])
-    if t == "linear":
-        return [nn.Linear(in_type.channels, out_type.channels, bias=p["bias"])]
-    raise GcnnkitError(f"cannot export layer type {t!r}")
+def _unnest(module: nn.Module) -> list[nn.Module]:
+    if type(module) is nn.Sequential:
+        return [m for child in module for m in _unnest(child)]
+    return [module]
 
 
-def orbit_matrices(group: Group, side: int) -> torch.Tensor:
-    """``[|G|, side², side²]``: ``vec(T_g x) = M[g] @ vec(x)`` for a ``side × side`` map (exact
-    elements give permutation matrices, others their bilinear interpolation)."""
-    from gcnnkit.core.transforms import transform_image
-
-    n = side * side
-    basis = torch.eye(n, dtype=torch.float64).reshape(n, side, side)
-    return torch.stack([transform_image(basis, group, g).reshape(n, n).T for g in range(group.order)]).float()
-
-
-def _orbit_pool(in_type: FieldType, out_type: FieldType, group: Group, mode: str) -> list[nn.Module]:
-    """``[B, C(·|G|), H, W] → [B, C·H·W]``: pool the group axis, then ``mean``/``max`` over the orbit
-    ``{T_g x}`` of the map, as fixed linear maps of the flattened pixels."""
-    side = math.isqrt(out_type.channels // in_type.channels)
-    n, maps = side * side, orbit_matrices(group, side)
-    out: list[nn.Module] = []
-    if in_type.kind == "group":
-        out.append(GroupPool2d(group.order, "max" if mode == "max" else "mean"))
-    out.append(nn.Flatten(2))  # [B, C, H·W]
-    if mode == "mean":
-        orbit = nn.Linear(n, n, bias=False)
-        weight = maps.mean(dim=0)
-    else:  # output position p·|G| + g holds (T_g x)[p]; max over the |G| entries of each p
-        orbit = nn.Linear(n, n * group.order, bias=False)
-        weight = maps.permute(1, 0, 2).reshape(n * group.order, n)
+def plain_layer(layer: nn.Module) -> list[nn.Module]:
+    """The plain modules computing ``layer`` on the flattened layout: its
+    :meth:`~gcnnkit.core.layers.EquivariantLayer.export_plain`, or a copy of a plain torch layer."""
     with torch.no_grad():
-        orbit.weight.copy_(weight)
-    orbit.weight.requires_grad_(False)  # a fixed map, not a parameter to learn
-    out.append(orbit)
-    if mode == "max":
-        out += [nn.Unflatten(2, (n, group.order)), nn.AdaptiveMaxPool2d((n, 1))]
-    out.append(nn.Flatten(1))
+        module = layer.export_plain() if isinstance(layer, EquivariantLayer) else copy.deepcopy(layer)
+    return _unnest(module)
+
+
+def plain_layers(net: EquivariantNet) -> list[list[nn.Module]]:
+    """:func:`plain_layer` of every layer of ``net``, on its device and dtype, in eval mode."""
+    ref = next(iter(net.parameters()), None)
+    out = []
+    with eval_mode(net):
+        for layer in net.layers:
+            modules = plain_layer(layer)
+            for m in modules:
+                if ref is not None:
+                    m.to(device=ref.device, dtype=ref.dtype)
+                m.eval()
+            out.append(modules)
     return out
 
 
 def floor_model(net: EquivariantNet) -> nn.Sequential:
-    """The plain stack with the expanded shapes of ``net`` and fresh weights (its speed floor).
-
-    Same convolutions (``C·|G|`` channels), pooling, batch norm (per channel), activations and
-    head as ``net`` on the flattened layout; on the same device and dtype as ``net``.
-    """
-    modules = []
-    for spec, t_in, t_out in zip(net.specs, net.in_types, net.out_types, strict=True):
-        modules.extend(_plain_layer(spec, t_in, t_out, net.group))
-    floor = nn.Sequential(*modules)
-    ref = next(iter(net.parameters()), None)
-    if ref is not None:
-        floor.to(device=ref.device, dtype=ref.dtype)
-    return floor
+    """The plain stack of ``net``'s layers on the flattened layout (its speed floor): the same
+    convolutions (``C·|G|`` channels), pooling, batch norm (per channel), activations and head, on
+    the same device and dtype, with a copy of the weights (their values do not change the speed)."""
+    return nn.Sequential(*[m for modules in plain_layers(net) for m in modules])
 
 
 # ------------------------------------------------------------------------ export proper
 @dataclass
 class LayerExport:
-    """How one layer was exported: ``method`` (hook, filter_bank, batchnorm, copy, probe, spec)
-    and the relative error of the export on that layer's input."""
+    """How one layer was exported: ``method`` (``export_plain``, or ``copy`` for a plain torch layer),
+    the number of plain modules, and the relative error of the export on that layer's input."""
 
     name: str
     method: str
@@ -239,14 +145,6 @@ class ExportInfo:
             "rel_error": self.rel_error,
             "layers": [vars(layer) for layer in self.layers],
         }
-
-
-def _rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    scale = expected.abs().max().item() if expected.numel() else 0.0
-    diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
-    if scale == 0.0:
-        return 0.0 if diff == 0.0 else math.inf
-    return diff / scale
 
 
 def _fits(net: EquivariantNet, size: int) -> bool:
@@ -282,201 +180,6 @@ def default_image_size(net: EquivariantNet) -> int:
     return next((s for s in range(max(first, 16), 4097) if _fits(net, s)), first)
 
 
-def _hook_candidate(layer: nn.Module) -> nn.Module | None:
-    hook = getattr(layer, EXPORT_HOOK, None)
-    if not callable(hook):
-        return None
-    try:
-        with torch.no_grad():
-            module = hook()
-    except Exception:  # a broken hook: the other ways (and the numerical check) still apply
-        return None
-    return module if isinstance(module, nn.Module) else None
-
-
-def _conv_from_bank(layer: nn.Module, template: nn.Conv2d, group: Group) -> nn.Conv2d | None:
-    """A conv from ``layer.filter_bank()`` (a tensor, or a ``(filter, bias)`` pair) and
-    ``layer.expanded_bias()`` or ``layer.bias`` (per field or per channel)."""
-    bank_fn = getattr(layer, "filter_bank", None)
-    if not callable(bank_fn):
-        return None
-    with torch.no_grad():
-        bank = bank_fn()
-    bias: Any = None
-    if isinstance(bank, (tuple, list)) and len(bank) == 2:
-        bank, bias = bank
-    if not isinstance(bank, torch.Tensor) or tuple(bank.shape) != tuple(template.weight.shape):
-        return None
-    conv = copy.deepcopy(template).to(device=bank.device, dtype=bank.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(bank)
-        if conv.bias is not None:
-            if bias is None:
-                bias = getattr(layer, "expanded_bias", None)
-                bias = bias() if callable(bias) else getattr(layer, "bias", None)
-            if not isinstance(bias, torch.Tensor):
-                return None
-            bias = bias.detach().reshape(-1)
-            if bias.numel() * group.order == conv.bias.numel():
-                bias = bias.repeat_interleave(group.order)
-            if bias.numel() != conv.bias.numel():
-                return None
-            conv.bias.copy_(bias)
-    return conv
-
-
-def _flat4(y: torch.Tensor) -> torch.Tensor:
-    return y.reshape(y.shape[0], -1, *y.shape[-2:])
-
-
-def _as_input(x: torch.Tensor, field_type: FieldType, group: Group) -> torch.Tensor:
-    """Flattened-layout tensor → the layer's own layout."""
-    if field_type.kind == "group":
-        return x.reshape(x.shape[0], field_type.channels, group.order, *x.shape[-2:])
-    return x
-
-
-@torch.no_grad()
-def _probe_conv(
-    layer: nn.Module, template: nn.Conv2d, in_type: FieldType, group: Group, like: torch.Tensor, chunk: int = 512
-) -> nn.Conv2d:
-    """Measure a conv layer's filter bank and bias from its response to unit impulses."""
-    k, s = template.kernel_size[0], template.stride[0]
-    pad, d = template.padding[0], template.dilation[0]
-    c_in, c_out = template.in_channels, template.out_channels
-    j = -(-pad // s)  # first output pixel whose window lies inside the image
-    start = j * s - pad
-    n = start + d * (k - 1) + 1 + pad
-    zero = torch.zeros(1, c_in, n, n, dtype=like.dtype, device=like.device)
-    base = _flat4(layer(_as_input(zero, in_type, group)))[0, :, j, j]
-    rows = torch.arange(c_in * k * k, device=like.device)
-    chan, ty, tx = rows // (k * k), (rows // k) % k, rows % k
-    responses = []
-    for lo in range(0, rows.numel(), chunk):
-        sl = slice(lo, lo + chunk)
-        basis = torch.zeros(rows[sl].numel(), c_in, n, n, dtype=like.dtype, device=like.device)
-        basis[torch.arange(basis.shape[0]), chan[sl], start + d * ty[sl], start + d * tx[sl]] = 1.0
-        y = _flat4(layer(_as_input(basis, in_type, group)))[:, :, j, j]
-        responses.append(y - base)
-    weight = torch.cat(responses).T.reshape(c_out, c_in, k, k)
-    conv = copy.deepcopy(template).to(device=like.device, dtype=like.dtype)
-    conv.weight.copy_(weight)
-    if conv.bias is not None:
-        conv.bias.copy_(base)
-    return conv
-
-
-def _bn_from_module(layer: nn.Module, template: nn.BatchNorm2d) -> nn.BatchNorm2d | None:
-    """``BatchNorm2d`` over ``C·|G|`` channels from a (contained) per-field or per-channel batch norm."""
-    norms = [m for m in layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if len(norms) != 1 or not norms[0].track_running_stats or norms[0].running_mean is None:
-        return None
-    src = norms[0]
-    if template.num_features % src.num_features:
-        return None
-    repeat = template.num_features // src.num_features
-    bn = nn.BatchNorm2d(
-        template.num_features, eps=src.eps, momentum=src.momentum, affine=True, track_running_stats=True
-    ).to(device=src.running_mean.device, dtype=src.running_mean.dtype)
-    with torch.no_grad():
-        bn.running_mean.copy_(src.running_mean.repeat_interleave(repeat))
-        bn.running_var.copy_(src.running_var.repeat_interleave(repeat))
-        if src.num_batches_tracked is not None:
-            bn.num_batches_tracked.copy_(src.num_batches_tracked)
-        if src.affine:
-            bn.weight.copy_(src.weight.repeat_interleave(repeat))
-            bn.bias.copy_(src.bias.repeat_interleave(repeat))
-    return bn
-
-
-@torch.no_grad()
-def _probe_affine(layer: nn.Module, template: nn.BatchNorm2d, in_type: FieldType, group: Group, like: torch.Tensor):
-    """An eval-mode per-channel affine map ``a·x + b``, measured, as a ``BatchNorm2d`` (eps 0)."""
-    c = template.num_features
-    x = torch.stack([torch.zeros(c, 1, 1), torch.ones(c, 1, 1)]).to(like)
-    y = _flat4(layer(_as_input(x, in_type, group)))
-    b, a = y[0, :, 0, 0], y[1, :, 0, 0] - y[0, :, 0, 0]
-    bn = nn.BatchNorm2d(c, eps=0.0).to(like)
-    bn.weight.copy_(a)
-    bn.bias.copy_(b)
-    return bn
-
-
-def _groupnorm_from_module(layer: nn.Module, template: nn.GroupNorm) -> nn.GroupNorm | None:
-    """``GroupNorm(1, C·|G|)`` from a layer norm with ``eps`` and a per-field (or per-channel) ``weight``/``bias``."""
-    eps = getattr(layer, "eps", None)
-    weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
-    if not isinstance(eps, float) or (weight is None) != (bias is None) or (weight is None) == template.affine:
-        return None
-    gn = nn.GroupNorm(1, template.num_channels, eps=eps, affine=weight is not None)
-    if weight is not None:
-        if template.num_channels % weight.numel():
-            return None
-        repeat = template.num_channels // weight.numel()
-        with torch.no_grad():
-            gn = gn.to(device=weight.device, dtype=weight.dtype)
-            gn.weight.copy_(weight.detach().reshape(-1).repeat_interleave(repeat))
-            gn.bias.copy_(bias.detach().reshape(-1).repeat_interleave(repeat))
-    return gn
-
-
-def _linear_from_module(layer: nn.Module, template: nn.Linear) -> nn.Linear | None:
-    linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
-    if len(linears) != 1 or linears[0].weight.shape != template.weight.shape:
-        return None
-    if (linears[0].bias is None) != (template.bias is None):
-        return None
-    return copy.deepcopy(linears[0])
-
-
-def _candidates(layer, spec, template, t_in, group, x):
-    """Yield ``(method, modules)`` candidates for exporting ``layer``, most specific first."""
-    hooked = _hook_candidate(layer)
-    if hooked is not None:
-        yield "hook", _unnest(hooked)
-    t = spec.type
-    if t in ("lift", "gconv"):
-        conv = _conv_from_bank(layer, template[0], group)
-        if conv is not None:
-            yield "filter_bank", [conv]
-        yield "probe", [_probe_conv(layer, template[0], t_in, group, x)]
-    elif t == "batchnorm":
-        bn = _bn_from_module(layer, template[0])
-        if bn is not None:
-            yield "batchnorm", [bn]
-        yield "probe", [_probe_affine(layer, template[0], t_in, group, x)]
-    elif t == "layernorm":
-        gn = _groupnorm_from_module(layer, template[0])
-        if gn is not None:
-            yield "layernorm", [gn]
-    elif t == "linear":
-        lin = _linear_from_module(layer, template[0])
-        if lin is not None:
-            yield "copy", [lin]
-    elif t in ("act", "dropout") and type(layer) is type(template[0]):
-        yield "copy", [copy.deepcopy(layer)]
-    if t not in ("lift", "gconv", "batchnorm", "linear") and not (t == "layernorm" and spec.params["affine"]):
-        yield "spec", template
-
-
-def _unnest(module: nn.Module) -> list[nn.Module]:
-    if type(module) is nn.Sequential:
-        return [m for child in module for m in _unnest(child)]
-    return [module]
-
-
-def _detach(modules: Sequence[nn.Module], like: torch.Tensor) -> list[nn.Module]:
-    """Independent copies (no storage shared with the network), on ``like``'s device/dtype."""
-    out = []
-    for m in modules:
-        m = copy.deepcopy(m)
-        m.to(device=like.device)
-        if like.is_floating_point():
-            m.to(dtype=like.dtype)
-        out.append(m)
-    return out
-
-
 def export_model(
     net: EquivariantNet,
     *,
@@ -487,65 +190,51 @@ def export_model(
 ) -> nn.Sequential:
     """A plain-PyTorch ``nn.Sequential`` computing ``net`` (in eval mode) without gcnnkit.
 
-    Built only from ``nn.Conv2d``, ``nn.BatchNorm2d``, pooling, :class:`GroupPool2d`,
+    Built only from ``nn.Conv2d``, ``nn.BatchNorm2d``, pooling, :class:`~gcnnkit.core.layers.GroupPool2d`,
     ``nn.Flatten``, ``nn.Linear``, activations and dropout (see the module docstring), on the
     network's device and dtype, in eval mode. Every layer is checked on the activations of a
     random batch (``image_size`` defaults to a small valid size) and the whole module end to
-    end; a relative error above ``tolerance`` raises :class:`GcnnkitError`.
+    end; a relative error above ``tolerance`` raises :class:`GcnnkitError` naming the layer.
 
     The report (:class:`ExportInfo`) is attached as ``module.gcnnkit_export``.
 
     Batch norm in the export has one statistic per channel: it reproduces the network's
     inference exactly, but training it further updates each channel of a field separately.
     """
-    was_training = net.training
-    net.eval()
-    try:
-        ref = next(iter(net.parameters()), None)
-        device = ref.device if ref is not None else torch.device("cpu")
-        dtype = ref.dtype if ref is not None else torch.float32
-        size = image_size or default_image_size(net)
-        shape = (net.in_type.channels, size, size)
-        gen = torch.Generator().manual_seed(seed)
-        x0 = torch.randn(batch, *shape, generator=gen).to(device=device, dtype=dtype)
-        info = ExportInfo(net.group.name, net.backend_name, shape)
-        modules: list[nn.Module] = []
+    ref = next(iter(net.parameters()), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    dtype = ref.dtype if ref is not None else torch.float32
+    size = image_size or default_image_size(net)
+    shape = (net.in_type.channels, size, size)
+    x0 = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
+    info = ExportInfo(net.group.name, net.backend_name, shape)
+    per_layer = plain_layers(net)
+    with eval_mode(net), torch.no_grad():
         x = x0
-        with torch.no_grad():
-            for (name, layer, t_in, t_out), spec in zip(net.typed_layers(), net.specs, strict=True):
-                y = layer(x)
-                template = _plain_layer(spec, t_in, t_out, net.group)
-                flat_x, flat_y = flatten_field(x, t_in), flatten_field(y, t_out)
-                best: tuple[float, str, list[nn.Module]] | None = None
-                for method, cand in _candidates(layer, spec, template, t_in, net.group, x):
-                    cand = _detach(cand, x0)
-                    try:
-                        out = nn.Sequential(*cand).eval()(flat_x)
-                        err = _rel_error(out, flat_y) if out.shape == flat_y.shape else math.inf
-                    except RuntimeError:
-                        err = math.inf
-                    if best is None or err < best[0]:
-                        best = (err, method, cand)
-                    if err <= tolerance:
-                        break
-                if best is None or best[0] > tolerance:
-                    err = math.inf if best is None else best[0]
-                    raise GcnnkitError(
-                        f"export: layer {name} ({type(layer).__name__}) could not be exported within relative "
-                        f"error {tolerance:g} (best {err:.3g}); implement {type(layer).__name__}.{EXPORT_HOOK}()"
-                    )
-                modules.extend(best[2])
-                info.sources.extend([name] * len(best[2]))
-                info.layers.append(LayerExport(name, best[1], len(best[2]), best[0]))
-                x = y
-            plain = nn.Sequential(*modules).eval()
-            info.rel_error = _rel_error(plain(x0), net(x0))
-        if info.rel_error > tolerance:
-            raise GcnnkitError(f"export: end-to-end relative error {info.rel_error:.3g} exceeds {tolerance:g}")
-        plain.gcnnkit_export = info
-        return plain
-    finally:
-        net.train(was_training)
+        for (name, layer, t_in, t_out), modules in zip(net.typed_layers(), per_layer, strict=True):
+            y = layer(x)
+            try:
+                out = nn.Sequential(*modules)(flatten_field(x, t_in))
+                expected = flatten_field(y, t_out)
+                err = relative_error(out, expected) if out.shape == expected.shape else math.inf
+            except RuntimeError:
+                err = math.inf
+            if not err <= tolerance:
+                raise GcnnkitError(
+                    f"export: layer {name} ({type(layer).__name__}) differs from its plain export by relative "
+                    f"error {err:.3g} > {tolerance:g}; its export_plain() (or, for a plain torch layer, the layer "
+                    f"itself on the flattened layout) does not compute the layer"
+                )
+            method = "export_plain" if isinstance(layer, EquivariantLayer) else "copy"
+            info.layers.append(LayerExport(name, method, len(modules), err))
+            info.sources.extend([name] * len(modules))
+            x = y
+        plain = nn.Sequential(*[m for modules in per_layer for m in modules]).eval()
+        info.rel_error = relative_error(plain(x0), net(x0))
+    if not info.rel_error <= tolerance:
+        raise GcnnkitError(f"export: end-to-end relative error {info.rel_error:.3g} exceeds {tolerance:g}")
+    plain.gcnnkit_export = info
+    return plain
 
 
 def normalisation_layer(mean: Sequence[float], std: Sequence[float]) -> nn.Conv2d:
@@ -758,12 +447,10 @@ class ExportReport:
 
 def invariance_error(module, group: Group, x: torch.Tensor, run=None) -> float:
     """Worst relative change of ``module``'s outputs when the input is acted on by each element."""
-    from gcnnkit.core.transforms import transform_image
-
     run = run or (lambda m, t: m(t))
     with torch.no_grad():
         y = run(module, x)
-        return max(_rel_error(run(module, transform_image(x, group, g)), y) for g in range(group.order))
+        return max(relative_error(run(module, transform_image(x, group, g)), y) for g in range(group.order))
 
 
 def export_run(
@@ -816,7 +503,7 @@ def export_run(
     x = torch.rand(4, *info.image_shape, generator=gen)
     with torch.no_grad():
         expected = net(normalise(x, mean, std)) if include_normalisation else net(x)
-    report.rel_error = _rel_error(run_export(loaded, x), expected.cpu())
+    report.rel_error = relative_error(run_export(loaded, x), expected.cpu())
     report.invariance_error = invariance_error(loaded, net.group, x, run_export)
     report.checked_with = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "state": "load_state_export"}[fmt]
     return report

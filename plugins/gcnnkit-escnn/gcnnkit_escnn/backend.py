@@ -3,9 +3,13 @@
 Options (``model.backend_options``): ``basis: escnn`` (default, escnn's band-limited basis) or
 ``basis: complete`` (spans the native backend's tied filter space; see :mod:`gcnnkit_escnn.basis`).
 
-Besides the :class:`~gcnnkit.core.backend.Backend` interface it offers the weight-transfer hooks
-:meth:`EscnnBackend.export_native_weights` / :meth:`EscnnBackend.import_native_weights` used by
-``gcnnkit compare`` (see :mod:`gcnnkit_escnn.transfer`).
+Convolutions, batch norm, pointwise nonlinearities, max pooling and dropout run escnn's modules
+(:mod:`gcnnkit_escnn.layers`). Two layers are the core's defaults, because escnn has no module for
+them with the same semantics: group pooling (escnn's ``GroupPooling`` is max-only, via ``torch.max``
+with indices) and average pooling (escnn's ``PointwiseAvgPool2D`` counts zero padding). Its
+weights live in escnn's steerable basis, so it converts them to and from the transfer format
+(:meth:`EscnnBackend.export_weights` / :meth:`EscnnBackend.import_weights`, see
+:mod:`gcnnkit_escnn.transfer`) for ``gcnnkit compare``.
 """
 
 from __future__ import annotations
@@ -19,13 +23,12 @@ from gcnnkit.core.backend import ACTIVATIONS, BACKEND_API_VERSION, Backend
 from gcnnkit.core.errors import SpecError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
+from gcnnkit.core.layers import EquivariantConv
 from gcnnkit_escnn import transfer
 from gcnnkit_escnn.basis import BASES
-from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnGroupPool, EscnnPointwise
+from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnPointwise
 from gcnnkit_escnn.spaces import EscnnGroupError, escnn_group
 
-_GROUP_POOL_MODES = ("max", "mean")
-_SPATIAL_POOL_MODES = ("max", "avg")
 _OPTIONS = {"basis": BASES}
 
 
@@ -76,7 +79,7 @@ class EscnnBackend(Backend):
         padding: int = 0,
         dilation: int = 1,
         bias: bool = True,
-    ) -> nn.Module:
+    ) -> EquivariantConv:
         self.require(group)
         return EscnnConv(
             group, "image", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
@@ -92,16 +95,11 @@ class EscnnBackend(Backend):
         padding: int = 0,
         dilation: int = 1,
         bias: bool = True,
-    ) -> nn.Module:
+    ) -> EquivariantConv:
         self.require(group)
         return EscnnConv(
             group, "group", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
         )
-
-    def group_pool(self, group: Group, in_type: FieldType, mode: str = "max") -> nn.Module:
-        if mode not in _GROUP_POOL_MODES:
-            raise SpecError(f"unknown group pooling mode {mode!r}; allowed: {', '.join(_GROUP_POOL_MODES)}")
-        return EscnnGroupPool(group, in_type.channels, mode)
 
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
         return EscnnBatchNorm(group, in_type.kind, in_type.channels)
@@ -128,28 +126,28 @@ class EscnnBackend(Backend):
         stride: int | None = None,
         padding: int = 0,
     ) -> nn.Module:
-        if mode not in _SPATIAL_POOL_MODES:
-            raise SpecError(f"unknown spatial pooling mode {mode!r}; allowed: {', '.join(_SPATIAL_POOL_MODES)}")
+        if mode != "max":  # escnn's average pooling counts zero padding; the core's does not
+            return super().spatial_pool(group, in_type, mode, kernel_size, stride, padding)
         return EscnnPointwise(
             group,
             in_type.kind,
             in_type.channels,
-            f"{mode}_pool",
+            "max_pool",
             kernel_size=kernel_size,
             stride=stride or kernel_size,
             padding=padding,
         )
 
     # --------------------------------------------------------- weight transfer
-    def export_native_weights(self, layer: nn.Module) -> dict[str, torch.Tensor]:
-        """``layer``'s weights in the native backend's format (its layer's ``state_dict``); exact for
-        groups that permute pixels. See :mod:`gcnnkit_escnn.transfer`."""
-        return transfer.export_native_weights(layer)
+    def export_weights(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        """``layer``'s weights in the transfer format; exact for groups that permute pixels. See
+        :mod:`gcnnkit_escnn.transfer`."""
+        return transfer.export_weights(layer)
 
-    def import_native_weights(self, layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
-        """Load native-format weights into ``layer``; returns the relative residual of the least-squares
+    def import_weights(self, layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
+        """Load transfer-format weights into ``layer``; returns the relative residual of the least-squares
         projection onto escnn's basis (~0 with ``basis: complete``)."""
-        return transfer.import_native_weights(layer, state)
+        return transfer.import_weights(layer, state)
 
     def __repr__(self) -> str:
         return f"EscnnBackend(basis={self.basis!r})"

@@ -1,14 +1,14 @@
 """Layers built from escnn modules that take and return plain tensors in gcnnkit's layout.
 
 Every layer holds the escnn module that does the work (``R2Conv``, ``InnerBatchNorm``,
-``ReLU``/``PointwiseNonLinearity``, ``PointwiseMaxPool2D``/``PointwiseAvgPool2D``,
-``PointwiseDropout``, and a group pooling ``EquivariantModule``) and wraps its tensors in
-``GeometricTensor`` on the way in and out: ``[B, C, |G|, H, W]`` group features are viewed as
-escnn's ``[B, C·|G|, H, W]`` (C regular fields), ``[B, C, H, W]`` images as C trivial fields.
+``ReLU``/``PointwiseNonLinearity``, ``PointwiseMaxPool2D``, ``PointwiseDropout``) and wraps its
+tensors in ``GeometricTensor`` on the way in and out: ``[B, C, |G|, H, W]`` group features are viewed
+as escnn's ``[B, C·|G|, H, W]`` (C regular fields), ``[B, C, H, W]`` images as C trivial fields.
+Group pooling and average pooling are the core's layers (see :mod:`gcnnkit_escnn.backend`).
 
-Channel order. Pointwise layers, batch norm (statistics shared by the channels of a field) and
-group pooling do not depend on the order of the channels inside a field, so they never permute
-anything. Convolutions put escnn's regular-representation channels in gcnnkit's element order by
+Channel order. Pointwise layers and batch norm (statistics shared by the channels of a field) do
+not depend on the order of the channels inside a field, so they never permute anything.
+Convolutions put escnn's regular-representation channels in gcnnkit's element order by
 permuting the rows/columns of the *expanded filter* (once per expansion, cached in eval mode),
 never the activations — and only for groups whose order differs from escnn's
 (:mod:`gcnnkit_escnn.spaces`; for C_N and D_N it does not).
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gcnnkit.core.group import Group
+from gcnnkit.core.layers import ACTIVATIONS, EquivariantConv, EquivariantLayer, plain_batch_norm
 from gcnnkit_escnn._compat import enn
 from gcnnkit_escnn.basis import complete_basis
 from gcnnkit_escnn.init import generalized_he_init
@@ -70,23 +71,6 @@ class _R2Conv(enn.R2Conv):
         out = F.conv2d(input.tensor, _filter, _bias, self.stride, self.padding, self.dilation, self.groups)
         return GeometricTensor(out, self.out_type)
 
-    def export(self) -> nn.Conv2d:
-        _filter, _bias = self.expand_parameters()
-        conv = nn.Conv2d(
-            self.in_type.size,
-            self.out_type.size,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            bias=_bias is not None,
-        )
-        conv.weight.data = _filter.detach().clone()
-        if _bias is not None:
-            conv.bias.data = _bias.detach().clone()
-        return conv
-
 
 class _PointwiseFunction(enn.PointwiseNonLinearity):
     """escnn's pointwise nonlinearity with any ``torch.nn.functional`` function (silu, gelu)."""
@@ -95,42 +79,6 @@ class _PointwiseFunction(enn.PointwiseNonLinearity):
         super().__init__(in_type, "p_relu")
         self.function_name = function
         self._function = getattr(F, function)
-
-
-class _AvgPool2D(enn.PointwiseAvgPool2D):
-    """escnn's pointwise average pooling, not counting zero padding (like gcnnkit's native pooling)."""
-
-    def forward(self, input: GeometricTensor) -> GeometricTensor:
-        assert input.type == self.in_type
-        out = F.avg_pool2d(
-            input.tensor, self.kernel_size, self.stride, self.padding, self.ceil_mode, count_include_pad=False
-        )
-        return GeometricTensor(out, self.out_type)
-
-
-class _GroupPooling(enn.EquivariantModule):
-    """Max or mean over the channels of each regular field: C regular fields → C trivial fields.
-
-    Like escnn's ``GroupPooling``, but with ``amax``/``mean`` (no ``torch.max`` indices).
-    """
-
-    def __init__(self, in_type, mode: str = "max") -> None:
-        super().__init__()
-        self.space = in_type.gspace
-        self.in_type = in_type
-        self.out_type = enn.FieldType(in_type.gspace, [in_type.gspace.trivial_repr] * len(in_type))
-        self.mode = mode
-        self._size = in_type.representations[0].size
-
-    def forward(self, input: GeometricTensor) -> GeometricTensor:
-        assert input.type == self.in_type
-        t = input.tensor
-        fields = t.reshape(t.shape[0], len(self.in_type), self._size, *t.shape[2:])
-        out = fields.amax(dim=2) if self.mode == "max" else fields.mean(dim=2)
-        return GeometricTensor(out, self.out_type)
-
-    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return (input_shape[0], len(self.in_type), *input_shape[2:])
 
 
 # ----------------------------------------------------------------------------- gcnnkit layers
@@ -192,16 +140,15 @@ def _as_fields(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1, 2) if x.ndim == 5 else x
 
 
-class EscnnConv(EscnnLayer):
+class EscnnConv(EscnnLayer, EquivariantConv):
     """Lifting (``in_kind="image"``) or group (``in_kind="group"``) convolution: escnn's ``R2Conv``
     between trivial/regular input fields and ``out_fields`` regular fields.
 
-    ``[B, C_in, H, W]`` or ``[B, C_in, |G|, H, W]`` → ``[B, out_fields, |G|, H', W']``.
+    ``[B, C_in, H, W]`` or ``[B, C_in, |G|, H, W]`` → ``[B, out_fields, |G|, H', W']``; NHWC with
+    :attr:`channels_last`.
     """
 
     escnn_children = ("conv",)
-    #: run ``conv2d`` in NHWC (set by :meth:`gcnnkit.models.network.EquivariantNet.set_channels_last`)
-    channels_last: bool = False
 
     def __init__(
         self,
@@ -298,24 +245,6 @@ class EscnnConv(EscnnLayer):
         """``[out_fields·|G|]`` bias (constant over each field's channels), or ``None``."""
         return self._expanded()[1]
 
-    def export_plain(self) -> nn.Conv2d:
-        """The layer as an ``nn.Conv2d`` on the flattened layout ``[B, C·|G|, H, W]`` (gcnnkit export hook)."""
-        _filter, _bias = self.expand()
-        conv = nn.Conv2d(
-            _filter.shape[1],
-            _filter.shape[0],
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            bias=_bias is not None,
-        ).to(device=_filter.device, dtype=_filter.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(_filter)
-            if _bias is not None:
-                conv.bias.copy_(_bias)
-        return conv
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _filter, _bias = self._expanded()
         x = _as_fields(x)
@@ -360,8 +289,12 @@ def _private_basis(conv: enn.R2Conv) -> None:
         setattr(expansion, name, private)
 
 
-class EscnnBatchNorm(EscnnLayer):
-    """escnn's ``InnerBatchNorm``: one mean/variance/affine per field, shared by its ``|G|`` channels."""
+class EscnnBatchNorm(EscnnLayer, EquivariantLayer):
+    """escnn's ``InnerBatchNorm``: one mean/variance/affine per field, shared by its ``|G|`` channels.
+
+    The forward pass calls InnerBatchNorm's own torch batch norm directly, because
+    ``InnerBatchNorm.forward`` copies the result into a preallocated output (8% of a D4 forward pass).
+    """
 
     escnn_children = ("bn",)
 
@@ -388,9 +321,12 @@ class EscnnBatchNorm(EscnnLayer):
         fields = x if x.ndim == 5 else x.unsqueeze(2)
         return self.batch_norm(fields).view(x.shape)
 
+    def export_plain(self) -> nn.BatchNorm2d:
+        return plain_batch_norm(self.batch_norm, self.group.order if self.kind == "group" else 1)
 
-class EscnnPointwise(EscnnLayer):
-    """A channel-wise escnn module (nonlinearity, spatial pooling, dropout) on image or group features."""
+
+class EscnnPointwise(EscnnLayer, EquivariantLayer):
+    """A channel-wise escnn module (nonlinearity, max pooling, dropout) on image or group features."""
 
     escnn_children = ("module",)
     _ACTIVATIONS = {
@@ -415,8 +351,6 @@ class EscnnPointwise(EscnnLayer):
             self.module = self._ACTIVATIONS[self.op](ftype)
         elif self.op == "max_pool":
             self.module = enn.PointwiseMaxPool2D(ftype, p["kernel_size"], p["stride"], p["padding"])
-        elif self.op == "avg_pool":
-            self.module = _AvgPool2D(ftype, p["kernel_size"], p["stride"], p["padding"])
         elif self.op == "dropout":
             self.module = enn.PointwiseDropout(ftype, p["p"])
         else:
@@ -426,26 +360,14 @@ class EscnnPointwise(EscnnLayer):
         y = self.module(GeometricTensor(_as_fields(x), self.module.in_type)).tensor
         return y.unflatten(1, x.shape[1:3]) if x.ndim == 5 else y
 
+    def export_plain(self) -> nn.Module:
+        p = self.params
+        if self.op == "max_pool":
+            return nn.MaxPool2d(p["kernel_size"], p["stride"], p["padding"])
+        if self.op == "dropout":
+            return nn.Dropout(p["p"])
+        return ACTIVATIONS[self.op]()  # escnn's pointwise functions are torch's, leaky_relu's slope included
+
     def extra_repr(self) -> str:
         params = "".join(f", {k}={v}" for k, v in self.params.items())
         return f"op={self.op}, {self.kind}[{self.channels}]{params}"
-
-
-class EscnnGroupPool(EscnnLayer):
-    """``[B, C, |G|, H, W] → [B, C, H, W]``: max or mean over each regular field (invariant)."""
-
-    escnn_children = ("pool",)
-
-    def __init__(self, group: Group, channels: int, mode: str = "max") -> None:
-        super().__init__()
-        self.group, self.channels, self.mode = group, channels, mode
-        self._build(initialize=True)
-
-    def _build(self, initialize: bool) -> None:
-        self.pool = _GroupPooling(self.escnn_group.field_type("group", self.channels), self.mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(GeometricTensor(_as_fields(x), self.pool.in_type)).tensor
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode}, fields={self.channels}"

@@ -1,15 +1,15 @@
-"""Weights between escnn layers and the native backend's tied format.
+"""Weights between escnn layers and gcnnkit's transfer format (:mod:`gcnnkit.core.backend`).
 
-The *native format* of a layer is the ``state_dict`` of the native backend's layer of the same
-spec: convolutions ``weight`` ``[C_out, C_in, k, k]`` (lifting) or ``[C_out, C_in, |G|, k, k]``
+The transfer format of a layer is the tied ``state_dict`` of gcnnkit's reference (native) layer of
+the same spec: convolutions ``weight`` ``[C_out, C_in, k, k]`` (lifting) or ``[C_out, C_in, |G|, k, k]``
 (group) and ``bias`` ``[C_out]``; batch norm ``weight``/``bias``/``running_mean``/
 ``running_var``/``num_batches_tracked`` ``[C]``; layers that are plain torch modules in both
 backends (linear head) their own state dict.
 
-* escnn → native (:func:`export_native_weights`) is exact for groups that permute pixels: the
+* escnn → transfer format (:func:`export_weights`) is exact for groups that permute pixels: the
   expanded escnn filter is equivariant, so it lies in the native tied space and is its ``h = e``
   slice, expanded by the native rule (differences are float32 round-off, ~1e-6).
-* native → escnn (:func:`import_native_weights`) solves least squares for the escnn coefficients
+* transfer format → escnn (:func:`import_weights`) solves least squares for the escnn coefficients
   whose expanded filter has that ``h = e`` slice. It is exact when escnn's basis spans the native
   tied space (``basis: complete``); with escnn's default basis it is the projection onto the
   smaller space, and its relative residual ``‖W − Ŵ‖ / ‖W‖`` is returned.
@@ -35,8 +35,8 @@ def _bias_slice(layer: EscnnConv, bias: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def export_native_weights(layer: nn.Module) -> dict[str, torch.Tensor]:
-    """The native-format state of ``layer`` (see the module docstring)."""
+def export_weights(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """The transfer-format state of ``layer`` (see the module docstring)."""
     if isinstance(layer, EscnnConv):
         _filter, _bias = layer.expand()
         n, k = layer.group.order, layer.kernel_size
@@ -68,8 +68,8 @@ def _slice_basis(layer: EscnnConv) -> torch.Tensor:
 
 
 @torch.no_grad()
-def import_native_weights(layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
-    """Load native-format ``state`` into ``layer``; the relative residual of the projection (0 if exact)."""
+def import_weights(layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
+    """Load transfer-format ``state`` into ``layer``; the relative residual of the projection (0 if exact)."""
     if isinstance(layer, EscnnConv):
         conv = layer.conv
         target = state["weight"].to(torch.float64).reshape(layer.out_fields * layer.in_channels, -1)  # [pairs, in·k²]

@@ -5,19 +5,18 @@ from __future__ import annotations
 from torch import nn
 
 from gcnnkit.core.backend import BACKEND_API_VERSION, Backend
-from gcnnkit.core.errors import SpecError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
-from gcnnkit_native.layers import FieldBatchNorm, GroupConv, GroupPool, LiftingConv
-
-_GROUP_POOL_MODES = ("max", "mean")
+from gcnnkit.core.layers import EquivariantConv
+from gcnnkit_native.layers import FieldBatchNorm, GroupConv, LiftingConv
 
 
 class NativeBackend(Backend):
     """From-scratch regular group convolutions.
 
     Exact groups (C1, C2, C4, D1, D2, D4) get exact filter banks built by index permutation;
-    any other finite group gets bilinearly interpolated filters on a disc-masked kernel.
+    any other finite group gets bilinearly interpolated filters on a disc-masked kernel. Every
+    other layer is the core's default (:mod:`gcnnkit.core.layers`).
     """
 
     name = "native"
@@ -33,7 +32,7 @@ class NativeBackend(Backend):
         padding: int = 0,
         dilation: int = 1,
         bias: bool = True,
-    ) -> nn.Module:
+    ) -> EquivariantConv:
         return LiftingConv(group, in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias)
 
     def group_conv(
@@ -46,15 +45,10 @@ class NativeBackend(Backend):
         padding: int = 0,
         dilation: int = 1,
         bias: bool = True,
-    ) -> nn.Module:
+    ) -> EquivariantConv:
         return GroupConv(group, in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias)
-
-    def group_pool(self, group: Group, in_type: FieldType, mode: str = "max") -> nn.Module:
-        if mode not in _GROUP_POOL_MODES:
-            raise SpecError(f"unknown group pooling mode {mode!r}; allowed: {', '.join(_GROUP_POOL_MODES)}")
-        return GroupPool(mode)
 
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
         if in_type.kind == "group":
-            return FieldBatchNorm(in_type.channels)
+            return FieldBatchNorm(in_type.channels, group.order)  # with its NHWC path
         return nn.BatchNorm2d(in_type.channels)

@@ -8,7 +8,8 @@ For exact groups the gather is one ``index_select`` with indices precomputed in 
 final ``[C_out·|G|, C_in(·|G|), k, k]`` order (no permute copy; its backward is one
 ``index_add``). In eval mode without grad the bank and the per-channel bias are cached until
 the weights change; under ``torch.compile`` the cache is bypassed so graphs have no side
-effects. ``export_plain()`` returns the layer as an ``nn.Conv2d`` (see :mod:`gcnnkit.tools.export`).
+effects. Both convolutions are :class:`~gcnnkit.core.layers.EquivariantConv` (their export is the
+filter bank in an ``nn.Conv2d``); the field batch norm adds an NHWC path to the core's.
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from gcnnkit.core.group import Group
+from gcnnkit.core.layers import EquivariantConv
+from gcnnkit.core.layers import FieldBatchNorm as CoreFieldBatchNorm
 from gcnnkit_native.filters import disc_mask, group_conv_indices, interpolation_matrices, pixel_permutations
 
 #: ``torch.compiler.is_compiling`` (torch >= 2.3), else dynamo's own flag.
 _is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
 
-class _GroupConvBase(nn.Module):
-    """Shared machinery: conv hyper-parameters, bias per field, eval-mode filter-bank cache."""
-
-    #: run ``conv2d`` in NHWC (set by :meth:`gcnnkit.models.network.EquivariantNet.set_channels_last`)
-    channels_last: bool = False
+class _GroupConvBase(EquivariantConv):
+    """Shared machinery: conv hyper-parameters, bias per field, eval-mode filter-bank cache, NHWC
+    (:attr:`channels_last`)."""
 
     def __init__(
         self,
@@ -100,27 +101,6 @@ class _GroupConvBase(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)  # the bank already is (see _bank)
         y = F.conv2d(x, bank, bias, self.stride, self.padding, self.dilation)
         return y.contiguous(memory_format=torch.channels_last)  # one input channel leaves conv2d free to pick
-
-    def export_plain(self) -> nn.Conv2d:
-        """This layer as a plain ``nn.Conv2d`` on the flattened layout (``[B, C·|G|, H, W]``), with
-        a copy of the current filter bank and bias; the export hook of :mod:`gcnnkit.tools.export`."""
-        with torch.no_grad():
-            bank, bias = self._expand().detach().clone(), self._expand_bias()
-            conv = nn.Conv2d(
-                bank.shape[1],
-                bank.shape[0],
-                self.kernel_size,
-                self.stride,
-                self.padding,
-                self.dilation,
-                bias=bias is not None,
-                device=bank.device,
-                dtype=bank.dtype,
-            )
-            conv.weight.copy_(bank)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        return conv
 
     def train(self, mode: bool = True):
         self._cache = None
@@ -248,24 +228,8 @@ class GroupConv(_GroupConvBase):
         return y.reshape(b, self.out_fields, n, *y.shape[-2:])
 
 
-class GroupPool(nn.Module):
-    """``[B, C, |G|, H, W] → [B, C, H, W]``: max or mean over the group axis; invariant to its
-    permutation, so the output transforms like an image."""
-
-    def __init__(self, mode: str = "max") -> None:
-        super().__init__()
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amax(dim=2) if self.mode == "max" else x.mean(dim=2)
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode}"
-
-
-class FieldBatchNorm(nn.BatchNorm3d):
-    """Batch norm for ``[B, C, |G|, H, W]`` with statistics and affine shared over the group axis
-    (one per field), which keeps it equivariant. Plain images use ``nn.BatchNorm2d``.
+class FieldBatchNorm(CoreFieldBatchNorm):
+    """The core's field batch norm (statistics and affine shared over the group axis), kept NHWC.
 
     With ``channels_last`` (set by :meth:`gcnnkit.models.network.EquivariantNet.set_channels_last`) and an
     NHWC input — the ``[B, C·|G|, H, W]`` output of a convolution viewed as 5D — ``BatchNorm3d``
@@ -273,8 +237,6 @@ class FieldBatchNorm(nn.BatchNorm3d):
     computes the same normalisation on the NHWC ``[B, C·|G|, H, W]`` view instead, with its own
     backward, and keeps the layout; values, gradients and running statistics are BatchNorm3d's.
     """
-
-    channels_last: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (
