@@ -9,7 +9,8 @@ can be checked layer by layer (:mod:`gcnnkit.core.equivariance`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -116,27 +117,142 @@ def resolve_padding(padding: int | str, kernel: int, dilation: int) -> int:
     return int(padding)
 
 
-def _spatial_size(specs: Sequence[LayerSpec], image_size: int) -> int:
-    """Side of the square feature map after ``specs`` (convolutions and spatial pooling) on an ``image_size``² input."""
-    size = image_size
-    for spec in specs:
-        p = spec.params
-        if spec.type in ("lift", "gconv"):
-            pad = resolve_padding(p["padding"], p["kernel"], p["dilation"])
-            size = (size + 2 * pad - p["dilation"] * (p["kernel"] - 1) - 1) // p["stride"] + 1
-        elif spec.type == "pool":
-            stride = p["stride"] or p["kernel"]
-            size = (size + 2 * p["padding"] - p["kernel"]) // stride + 1
-    if size < 1:
-        raise SpecError(f"the layers shrink the {image_size}×{image_size} input to nothing before orbit_pool")
-    return size
-
-
 def field_count(out: int, group: Group, widths: str) -> int:
     """Number of fields for a ``lift``/``gconv`` ``out`` under the width mode (see :data:`WIDTH_MODES`)."""
     if widths == "fields":
         return out
     return max(1, round(out / math.sqrt(group.order)))
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """Side of a convolution's (or pooling's) output on a ``size``² input."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@dataclass
+class _Builder:
+    """What building a network tracks from layer to layer: the field type and the map's side."""
+
+    backend: Backend
+    group: Group
+    num_classes: int
+    widths: str
+    current: FieldType
+    size: int | None  # side of the square feature map, when the input size is known
+
+
+#: A layer builder: ``(state, spec, where) → (module, output field type)``; it may update ``state.size``.
+LayerBuilder = Callable[[_Builder, LayerSpec, str], tuple[nn.Module, FieldType]]
+
+
+def _needs_map(b: _Builder, where: str) -> None:
+    if b.current.kind == "vector":
+        raise SpecError(f"{where}: needs an image or group feature map but gets {b.current}; put it before global_pool")
+
+
+def _conv(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    p, group = spec.params, b.group
+    expected = "image" if spec.type == "lift" else "group"
+    if b.current.kind != expected:
+        if spec.type == "lift":
+            hint = "a network lifts once, from the input image; use 'gconv' after it"
+        else:
+            hint = "start with 'lift' and keep every 'gconv' before 'group_pool'"
+        raise SpecError(f"{where}: expects a {expected} input but gets {b.current}; {hint}")
+    if group.order > 1 and p["kernel"] % 2 == 0 and not (p["padding"] == 0 and p["stride"] == 1):
+        raise SpecError(
+            f"{where}: kernel {p['kernel']} is even, so its rotations/reflections are not centred on "
+            f"a pixel and {group.name}-equivariance breaks unless the output grid is centred on the "
+            f"input grid; allowed: odd kernels (1, 3, 5, 7, ...), an even kernel with padding 0 and "
+            f"stride 1, or group C1"
+        )
+    padding = resolve_padding(p["padding"], p["kernel"], p["dilation"])
+    if p["padding"] == "same" and p["kernel"] % 2 == 0:
+        raise SpecError(f"{where}: padding 'same' needs an odd kernel, got {p['kernel']}; give an int")
+    fields = b.num_classes if p["out"] == "classes" else field_count(p["out"], group, b.widths)
+    factory = b.backend.lifting_conv if spec.type == "lift" else b.backend.group_conv
+    layer = factory(group, b.current, fields, p["kernel"], p["stride"], padding, p["dilation"], p["bias"])
+    if not isinstance(layer, EquivariantConv):
+        raise PluginError(
+            f"backend {b.backend.name!r}: {factory.__name__} returned a {type(layer).__name__}, not an "
+            f"EquivariantConv (gcnnkit.core.layers); the backend was written for another layer contract"
+        )
+    if b.size is not None:
+        b.size = conv_output_size(b.size, p["kernel"], p["stride"], padding, p["dilation"])
+    return layer, FieldType("group", fields)
+
+
+def _batchnorm(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    _needs_map(b, where)
+    return b.backend.batch_norm(b.group, b.current), b.current
+
+
+def _layernorm(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    p = spec.params
+    return b.backend.layer_norm(b.group, b.current, p["affine"], float(p["eps"])), b.current
+
+
+def _activation(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    return b.backend.activation(b.group, b.current, spec.params["fn"]), b.current
+
+
+def _dropout(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    return b.backend.dropout(b.group, b.current, spec.params["p"]), b.current
+
+
+def _pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    _needs_map(b, where)
+    p = spec.params
+    if b.size is not None:
+        b.size = conv_output_size(b.size, p["kernel"], p["stride"] or p["kernel"], p["padding"])
+    return b.backend.spatial_pool(b.group, b.current, p["mode"], p["kernel"], p["stride"], p["padding"]), b.current
+
+
+def _group_pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    if b.current.kind != "group":
+        raise SpecError(f"{where}: needs a group feature map but gets {b.current}; put it after a 'lift' or 'gconv'")
+    return b.backend.group_pool(b.group, b.current, spec.params["mode"]), FieldType("image", b.current.channels)
+
+
+def _global_pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    if b.current.kind == "vector":
+        raise SpecError(f"{where}: the input is already pooled ({b.current})")
+    return b.backend.global_pool(b.group, b.current, spec.params["mode"]), FieldType("vector", b.current.channels)
+
+
+def _orbit_pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    if b.current.kind == "vector":
+        raise SpecError(f"{where}: the input is already pooled ({b.current})")
+    if b.size is None:
+        raise SpecError(f"{where}: orbit_pool needs the input image size to know its output size")
+    if b.size < 1:
+        raise SpecError(f"{where}: the layers before it shrink the input to nothing")
+    layer = b.backend.orbit_pool(b.group, b.current, spec.params["mode"], size=b.size)
+    return layer, FieldType("vector", b.current.channels * b.size * b.size)
+
+
+def _linear(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    p = spec.params
+    if b.current.kind != "vector":
+        raise SpecError(f"{where}: needs pooled features but gets {b.current}; put 'global_pool' before it")
+    features = b.num_classes if p["out"] == "classes" else p["out"]
+    return b.backend.linear(b.group, b.current, features, p["bias"]), FieldType("vector", features)
+
+
+#: How each layer type of :mod:`gcnnkit.models.spec` is built (a new layer type adds one entry).
+LAYER_BUILDERS: dict[str, LayerBuilder] = {
+    "lift": _conv,
+    "gconv": _conv,
+    "batchnorm": _batchnorm,
+    "layernorm": _layernorm,
+    "act": _activation,
+    "dropout": _dropout,
+    "pool": _pool,
+    "group_pool": _group_pool,
+    "global_pool": _global_pool,
+    "orbit_pool": _orbit_pool,
+    "linear": _linear,
+}
 
 
 def build_network(
@@ -148,7 +264,7 @@ def build_network(
     widths: str = "fields",
     image_size: int | None = None,
 ) -> EquivariantNet:
-    """Build validated layer specs on ``backend`` for ``group``.
+    """Build validated layer specs on ``backend`` for ``group``, one :data:`LAYER_BUILDERS` entry per layer.
 
     Args:
         specs: output of :func:`gcnnkit.models.spec.parse_layers`.
@@ -167,89 +283,20 @@ def build_network(
     if widths not in WIDTH_MODES:
         raise SpecError(f"model.widths: {widths!r} is not allowed; allowed: {', '.join(WIDTH_MODES)}")
     backend.require(group)
-    current = FieldType("image", in_channels)
+    b = _Builder(backend, group, num_classes, widths, FieldType("image", in_channels), image_size)
     layers, in_types, out_types = [], [], []
     for i, spec in enumerate(specs):
-        where = f"layer {i} ({spec.type})"
-        p = spec.params
-        if spec.type in ("lift", "gconv"):
-            expected = "image" if spec.type == "lift" else "group"
-            if current.kind != expected:
-                if spec.type == "lift":
-                    hint = "a network lifts once, from the input image; use 'gconv' after it"
-                else:
-                    hint = "start with 'lift' and keep every 'gconv' before 'group_pool'"
-                raise SpecError(f"{where}: expects a {expected} input but gets {current}; {hint}")
-            if group.order > 1 and p["kernel"] % 2 == 0 and not (p["padding"] == 0 and p["stride"] == 1):
-                raise SpecError(
-                    f"{where}: kernel {p['kernel']} is even, so its rotations/reflections are not centred on "
-                    f"a pixel and {group.name}-equivariance breaks unless the output grid is centred on the "
-                    f"input grid; allowed: odd kernels (1, 3, 5, 7, ...), an even kernel with padding 0 and "
-                    f"stride 1, or group C1"
-                )
-            padding = resolve_padding(p["padding"], p["kernel"], p["dilation"])
-            if p["padding"] == "same" and p["kernel"] % 2 == 0:
-                raise SpecError(f"{where}: padding 'same' needs an odd kernel, got {p['kernel']}; give an int")
-            fields = num_classes if p["out"] == "classes" else field_count(p["out"], group, widths)
-            factory = backend.lifting_conv if spec.type == "lift" else backend.group_conv
-            layer = factory(group, current, fields, p["kernel"], p["stride"], padding, p["dilation"], p["bias"])
-            if not isinstance(layer, EquivariantConv):
-                raise PluginError(
-                    f"backend {backend.name!r}: {factory.__name__} returned a {type(layer).__name__}, not an "
-                    f"EquivariantConv (gcnnkit.core.layers); the backend was written for another layer contract"
-                )
-            out = FieldType("group", fields)
-        elif spec.type in ("batchnorm", "layernorm", "act", "dropout", "pool"):
-            if current.kind == "vector" and spec.type in ("batchnorm", "pool"):
-                raise SpecError(
-                    f"{where}: needs an image or group feature map but gets {current}; put it before global_pool"
-                )
-            if spec.type == "batchnorm":
-                layer = backend.batch_norm(group, current)
-            elif spec.type == "layernorm":
-                layer = backend.layer_norm(group, current, p["affine"], float(p["eps"]))
-            elif spec.type == "act":
-                layer = backend.activation(group, current, p["fn"])
-            elif spec.type == "dropout":
-                layer = backend.dropout(group, current, p["p"])
-            else:
-                layer = backend.spatial_pool(group, current, p["mode"], p["kernel"], p["stride"], p["padding"])
-            out = current
-        elif spec.type == "group_pool":
-            if current.kind != "group":
-                raise SpecError(
-                    f"{where}: needs a group feature map but gets {current}; put it after a 'lift' or 'gconv'"
-                )
-            layer = backend.group_pool(group, current, p["mode"])
-            out = FieldType("image", current.channels)
-        elif spec.type == "global_pool":
-            if current.kind == "vector":
-                raise SpecError(f"{where}: the input is already pooled ({current})")
-            layer = backend.global_pool(group, current, p["mode"])
-            out = FieldType("vector", current.channels)
-        elif spec.type == "orbit_pool":
-            if current.kind == "vector":
-                raise SpecError(f"{where}: the input is already pooled ({current})")
-            if image_size is None:
-                raise SpecError(f"{where}: orbit_pool needs the input image size to know its output size")
-            side = _spatial_size(specs[:i], image_size)
-            layer = backend.orbit_pool(group, current, p["mode"], size=side)
-            out = FieldType("vector", current.channels * side * side)
-        elif spec.type == "linear":
-            if current.kind != "vector":
-                raise SpecError(f"{where}: needs pooled features but gets {current}; put 'global_pool' before it")
-            features = num_classes if p["out"] == "classes" else p["out"]
-            layer = backend.linear(group, current, features, p["bias"])
-            out = FieldType("vector", features)
-        else:  # parse_layers only produces the types above
-            raise SpecError(f"{where}: unknown layer type {spec.type!r}")
+        builder = LAYER_BUILDERS.get(spec.type)
+        if builder is None:  # parse_layers only produces the types above
+            raise SpecError(f"layer {i} ({spec.type}): unknown layer type {spec.type!r}")
+        layer, out = builder(b, spec, f"layer {i} ({spec.type})")
         layers.append(layer)
-        in_types.append(current)
+        in_types.append(b.current)
         out_types.append(out)
-        current = out
-    if current.kind != "vector":
+        b.current = out
+    if b.current.kind != "vector":
         raise SpecError(
-            f"the network ends with {current}, not with pooled features; end it with 'global_pool' (and 'linear')"
+            f"the network ends with {b.current}, not with pooled features; end it with 'global_pool' (and 'linear')"
         )
     return EquivariantNet(group, backend.name, specs, layers, in_types, out_types)
 

@@ -55,7 +55,7 @@ from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantLayer, GroupPool2d
 from gcnnkit.core.modes import eval_mode
 from gcnnkit.core.transforms import transform_image
-from gcnnkit.models.network import EquivariantNet, resolve_padding
+from gcnnkit.models.network import EquivariantNet, conv_output_size, resolve_padding
 from gcnnkit.run.data import normalise
 from gcnnkit.run.rundir import load_run
 
@@ -155,9 +155,9 @@ def _fits(net: EquivariantNet, size: int) -> bool:
         p = spec.params
         if spec.type in ("lift", "gconv"):
             pad = resolve_padding(p["padding"], p["kernel"], p["dilation"])
-            s = (s + 2 * pad - p["dilation"] * (p["kernel"] - 1) - 1) // p["stride"] + 1
+            s = conv_output_size(s, p["kernel"], p["stride"], pad, p["dilation"])
         elif spec.type == "pool":
-            s = (s + 2 * p["padding"] - p["kernel"]) // (p["stride"] or p["kernel"]) + 1
+            s = conv_output_size(s, p["kernel"], p["stride"] or p["kernel"], p["padding"])
         elif spec.type == "orbit_pool" and t_in.channels * s * s != t_out.channels:
             return False
         if s < 1:
