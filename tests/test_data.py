@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gcnnkit.core.errors import DataError
-from gcnnkit.core.transforms import random_angles
+from gcnnkit.core.transforms import random_angles, rotate_images
 from gcnnkit.run.config import Config, DataConfig
 from gcnnkit.run.data import (
     Split,
@@ -130,6 +130,26 @@ def test_mnist_resized(mnist_root):
     assert 0.0 <= data.train.images.min() and data.train.images.max() <= 1.0
 
 
+def test_mnist_padded_keeps_the_digits_and_pads_with_their_edge(mnist_root):
+    """``resize: pad`` (the GDL C4CNN write-up's ``np.pad(..., (2, 3), mode="edge")``): 28 → 33."""
+    sizes = {"root": str(mnist_root), "train_size": 64, "test_size": 64}
+    plain = load_dataset(data_config(name="MNIST", **sizes), seed=0)
+    padded = load_dataset(data_config(name="MNIST", image_size=33, resize="pad", **sizes), seed=0)
+    for a, b in ((plain.train, padded.train), (plain.test, padded.test)):
+        assert b.images.shape == (64, 1, 33, 33) and torch.equal(a.labels, b.labels)
+        assert torch.equal(b.images[..., 2:30, 2:30], a.images)  # 2 before, 3 after, same scale
+        assert torch.equal(b.images[..., 2:30, :2], a.images[..., :, :1].expand(-1, -1, -1, 2))  # edge copies
+        assert torch.equal(b.images[..., 30:, 2:30], a.images[..., -1:, :].expand(-1, -1, 3, -1))
+    with pytest.raises(DataError, match="data.resize: pad cannot shrink 28×28 images to image_size 20"):
+        load_dataset(data_config(name="MNIST", image_size=20, resize="pad", **sizes))
+
+
+def test_normalise_false_feeds_the_pixels_unchanged(mnist_root):
+    data = load_dataset(data_config(name="MNIST", root=str(mnist_root), normalise=False, train_size=64, test_size=64))
+    assert torch.equal(data.mean, torch.zeros(1)) and torch.equal(data.std, torch.ones(1))
+    assert torch.equal(data.normalise(data.train.images), data.train.images)
+
+
 # -------------------------------------------------------------------------------- protocols
 @pytest.fixture(scope="module")
 def images():
@@ -204,6 +224,17 @@ def test_rotate_augmentation_is_random_but_reproducible(images):
     c = augment_batch(images, "rotate", torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert a.shape == images.shape
+
+
+def test_rotate_augmentation_within_augment_degrees(images):
+    """``augment_degrees: d``: angle uniform in [−d, d] (Cohen & Welling's released code: ±π degrees)."""
+    out = augment_batch(images, "rotate", torch.Generator().manual_seed(5), max_degrees=3.0)
+    u = torch.rand(len(images), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    angles = (2.0 * u - 1.0) * 3.0
+    assert angles.abs().max() <= 3.0 and (angles < 0).any() and (angles > 0).any()
+    assert torch.equal(out, rotate_images(images, angles))
+    full = augment_batch(images, "rotate", torch.Generator().manual_seed(5))  # the default is unchanged
+    assert torch.equal(full, rotate_images(images, u * 360.0))
 
 
 def test_no_augmentation_is_identity(images):

@@ -34,7 +34,7 @@ import yaml
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.models.presets import get_preset
 from gcnnkit.models.spec import parse_layers
-from gcnnkit.run.data import AUGMENTATIONS, PROTOCOLS, canonical_name, native_image_size
+from gcnnkit.run.data import AUGMENTATIONS, PROTOCOLS, RESIZE_MODES, canonical_name, native_image_size
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
@@ -87,6 +87,11 @@ class DataConfig:
     train_size: int | None = option(None, "int", nullable=True, ge=1)
     test_size: int | None = option(None, "int", nullable=True, ge=1)
     augment: str = option("none", "str", choices=AUGMENTATIONS)
+    #: ``augment: rotate`` only: angles uniform in [−d, d] degrees instead of [0°, 360°)
+    augment_degrees: float | None = option(None, "float", nullable=True, gt=0, le=180)
+    #: false: no per-channel standardisation (the network sees [0, 1] pixels)
+    normalise: bool = option(True, "bool")
+    resize: str = option("bilinear", "str", choices=RESIZE_MODES)
 
 
 @dataclass

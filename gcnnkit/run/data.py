@@ -3,7 +3,10 @@
 Every data set is loaded once into float tensors ``[N, C, H, W]`` in ``[0, 1]`` with int64
 labels ``[N]``, so batches are plain index lookups (no ``DataLoader`` workers). Images stay in
 ``[0, 1]`` — rotations fill in zeros, which is the background — and are normalised per channel
-with the training set's mean and std only after augmentation (:meth:`Dataset.normalise`).
+with the training set's mean and std only after augmentation (:meth:`Dataset.normalise`), unless
+``data.normalise`` is false (then mean 0 and std 1: the network sees ``[0, 1]`` pixels). Images of
+another size than ``data.image_size`` are resized (``data.resize: bilinear``) or edge-padded
+(``data.resize: pad``).
 
 Data sets:
 
@@ -42,6 +45,7 @@ from gcnnkit.core.transforms import random_angles, rotate_images
 __all__ = [
     "AUGMENTATIONS",
     "PROTOCOLS",
+    "RESIZE_MODES",
     "DatasetInfo",
     "Split",
     "Dataset",
@@ -63,6 +67,8 @@ __all__ = [
 AUGMENTATIONS = ("none", "rot90", "rotate", "flip")
 #: Test-time protocols (``eval.protocols``), see :func:`apply_protocol`.
 PROTOCOLS = ("upright", "rotated", "rot90", "rot180", "rot270", "flip")
+#: How images of another size reach ``data.image_size`` (``data.resize``), see :func:`_resize`.
+RESIZE_MODES = ("bilinear", "pad")
 
 DIGITS_IMAGE_SIZE = 17
 _DIGITS_PAD = 2
@@ -112,6 +118,8 @@ class DataSettings(Protocol):
     image_size: int | None
     train_size: int | None
     test_size: int | None
+    normalise: bool
+    resize: str
 
 
 @dataclass(frozen=True)
@@ -236,10 +244,13 @@ def load_dataset(cfg: DataSettings, seed: int = 0) -> Dataset:
     else:
         train, test = (_load_torchvision(info, cfg, is_train) for is_train in (True, False))
         source = f"torchvision {info.name}"
-    train = _resize(train.subset(cfg.train_size, seed, "data.train_size"), info.image_size)
-    test = _resize(test.subset(cfg.test_size, _TEST_SUBSET_SEED, "data.test_size"), info.image_size)
-    mean = train.images.mean(dim=(0, 2, 3))
-    std = train.images.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    train = _resize(train.subset(cfg.train_size, seed, "data.train_size"), info.image_size, cfg.resize)
+    test = _resize(test.subset(cfg.test_size, _TEST_SUBSET_SEED, "data.test_size"), info.image_size, cfg.resize)
+    if cfg.normalise:
+        mean = train.images.mean(dim=(0, 2, 3))
+        std = train.images.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    else:  # the network sees the [0, 1] pixels as they are
+        mean, std = torch.zeros(info.in_channels), torch.ones(info.in_channels)
     return Dataset(info, train, test, mean, std, source)
 
 
@@ -367,10 +378,28 @@ def _load_rotmnist(cfg: DataSettings) -> tuple[Split, Split, str]:
     return train, test, f"reconstructed from MNIST (seed {ROTMNIST_SEED})"
 
 
-def _resize(split: Split, size: int) -> Split:
-    """Bilinear (antialiased) resize to ``size × size`` when the images have another size."""
-    if split.images.shape[-2:] == (size, size):
+def _resize(split: Split, size: int, mode: str = "bilinear") -> Split:
+    """Bring the images to ``size × size`` when they have another size.
+
+    ``bilinear``: an antialiased bilinear resize. ``pad``: the images keep their scale and are
+    padded by repeating their border pixels (``numpy.pad(mode="edge")``), ``(size − n) // 2``
+    pixels before (top, left) and the rest after, e.g. 2 and 3 from 28 to 33 as in the GDL C4CNN
+    write-up; a size below the images' is an error.
+    """
+    h, w = split.images.shape[-2:]
+    if (h, w) == (size, size):
         return split
+    if mode == "pad":
+        if size < h or size < w:
+            raise DataError(
+                f"data.resize: pad cannot shrink {h}×{w} images to image_size {size}; "
+                f"give image_size >= {max(h, w)} or resize: bilinear"
+            )
+        top, left = (size - h) // 2, (size - w) // 2
+        images = F.pad(split.images, (left, size - w - left, top, size - h - top), mode="replicate")
+        return Split(images, split.labels)
+    if mode != "bilinear":
+        raise ValueError(f"unknown resize mode {mode!r}; allowed: {', '.join(RESIZE_MODES)}")
     images = F.interpolate(split.images, size=(size, size), mode="bilinear", antialias=True).clamp(0.0, 1.0)
     return Split(images, split.labels)
 
@@ -390,18 +419,22 @@ def _as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -------------------------------------------------------------------------- transforms
-def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, mode: str, generator: torch.Generator, max_degrees: float | None = None
+) -> torch.Tensor:
     """Random train-time transform of each image of ``x`` ``[B, C, H, W]``.
 
     ``none``: unchanged; ``rot90``: a random multiple of 90°; ``rotate``: a random angle in
-    [0°, 360°) (bilinear, zeros outside); ``flip``: a random left–right flip, then a random
+    [0°, 360°) (bilinear, zeros outside), or uniform in [−``max_degrees``, ``max_degrees``] when
+    that is given (``data.augment_degrees``); ``flip``: a random left–right flip, then a random
     multiple of 90° (a random element of D4). Randomness comes only from ``generator`` (CPU).
     """
     if mode == "none":
         return x
     b = x.shape[0]
     if mode == "rotate":
-        return rotate_images(x, torch.rand(b, generator=generator, dtype=torch.float64) * 360.0)
+        u = torch.rand(b, generator=generator, dtype=torch.float64)
+        return rotate_images(x, u * 360.0 if max_degrees is None else (2.0 * u - 1.0) * max_degrees)
     if mode not in ("rot90", "flip"):
         raise ValueError(f"unknown augmentation {mode!r}; allowed: {', '.join(AUGMENTATIONS)}")
     quarter_turns = torch.randint(0, 4, (b,), generator=generator)

@@ -454,7 +454,8 @@ def _train_epoch(
         idx = order[start : start + batch]
         part, weight = distributed.shard(len(idx), ctx)
         # augment the whole global batch, so the generator advances alike everywhere; keep this process's part
-        x = data.normalise(augment_batch(data.train.images[idx], config.data.augment, gen)[part])
+        x = augment_batch(data.train.images[idx], config.data.augment, gen, config.data.augment_degrees)
+        x = data.normalise(x[part])
         y = data.train.labels[idx][part]
         with precision.autocast():
             logits = model(x)
