@@ -480,6 +480,21 @@ def test_cache_is_dropped_when_switching_to_train_and_copies_are_independent():
     assert layer._cache is None
 
 
+@pytest.mark.parametrize("cls", [LiftingConv, GroupConv])
+def test_a_cached_c1_bank_does_not_block_deepcopy_after_the_weights_change(cls):
+    """On C1 the bank is a view of the weight; cached without grad and then changed in place
+    (load_state_dict, an optimizer step), it used to make ``copy.deepcopy`` raise."""
+    layer = cls(registered_group("C1"), 2, 3, 3, padding=1).eval()
+    x = torch.randn(1, 2, 5, 5) if cls is LiftingConv else torch.randn(1, 2, 1, 5, 5)
+    with torch.no_grad():
+        layer(x)
+    layer.load_state_dict({k: v + 1 for k, v in layer.state_dict().items()})
+    clone = copy.deepcopy(layer)
+    with torch.no_grad():
+        assert torch.equal(clone(x), layer(x))
+        assert torch.allclose(layer(x), _reference_forward(layer, x), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", NATIVE_GROUPS)
 @pytest.mark.parametrize("cls", [LiftingConv, GroupConv])
 def test_gradients_flow_to_the_tied_weights(name, cls):

@@ -71,7 +71,11 @@ class _GroupConvBase(EquivariantConv):
         if self._cache is None or self._cache[0] != key:
             # Keep the cached weight's (and bias's) storage alive: otherwise a replacement weight (`.data =`,
             # load_state_dict(assign=True)) can get the freed address and version 0, matching the key.
-            self._cache = (key, self._bank(), self._expand_bias(), w.detach(), None if b is None else b.detach())
+            # Detached: on C1 the bank is a view of the weight, and a view made without grad whose base is
+            # later changed in place (load_state_dict, an optimizer step) cannot be deep-copied.
+            bias = self._expand_bias()
+            bank_and_bias = (self._bank().detach(), None if bias is None else bias.detach())
+            self._cache = (key, *bank_and_bias, w.detach(), None if b is None else b.detach())
         return self._cache[1], self._cache[2]
 
     def filter_bank(self) -> torch.Tensor:
