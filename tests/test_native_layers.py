@@ -601,6 +601,29 @@ def test_backend_refuses_bad_modes_and_options():
         assert be.supports(registered_group(name)) is None
 
 
+def test_field_batch_norm_in_nhwc_keeps_float64_precision():
+    """The NHWC training path computed in float32 even for float64 inputs (differences ~1e-7)."""
+    from gcnnkit_native.layers import FieldBatchNorm
+
+    torch.manual_seed(0)
+    ref = FieldBatchNorm(3, 4).double()
+    nhwc = copy.deepcopy(ref)
+    nhwc.channels_last = True
+    x = torch.randn(2, 12, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x = x.unflatten(1, (3, 4)).requires_grad_()
+    expected, got = ref(x), nhwc(x)
+    assert got.dtype == torch.float64
+    grad = torch.randn_like(expected)
+    for a, b in zip(
+        torch.autograd.grad(got, (x, nhwc.weight, nhwc.bias), grad),
+        torch.autograd.grad(expected, (x, ref.weight, ref.bias), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(nhwc.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("track", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
