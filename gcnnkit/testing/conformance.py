@@ -16,6 +16,8 @@ default values cannot hide a bug), and checked by one function per promise:
 check               promise
 ==================  ===========================================================================
 ``output``          the output has the shape of the expected field type
+``reference``       a layer without parameters computes what the contract defines (activation by
+                    name, group/spatial/global/orbit pooling by mode, dropout in eval mode)
 ``conv``            convolutions are ``EquivariantConv``; ``filter_bank()`` ``[out·|G|, C_in(·|G|), k, k]``
                     and ``expanded_bias()`` ``[out·|G|]`` are what the layer computes, also after
                     its weights change in eval mode (a cached bank follows them)
@@ -59,6 +61,7 @@ from gcnnkit.core.errors import PluginError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv, EquivariantLayer
+from gcnnkit.core.transforms import transform_image
 
 #: Groups checked by default, those that are installed: the exact ones and one interpolated one.
 DEFAULT_GROUPS = ("C1", "C2", "C4", "D1", "D2", "D4", "C8")
@@ -256,6 +259,59 @@ def check_output(layer: nn.Module, case: LayerCase, group: Group, x: torch.Tenso
         _fail(f"output dtype {y.dtype} for a {x.dtype} input")
     if not torch.isfinite(y).all():
         _fail("the output has NaN or inf entries")
+    return {}
+
+
+def _reference(case: LayerCase, group: Group) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """What the contract defines a parameter-free layer to compute (eval mode), or ``None``."""
+    p = dict(case.args + case.keywords)
+    if case.factory == "activation":
+        return f"torch.nn.{ACTIVATIONS[p['name']].__name__}", ACTIVATIONS[p["name"]]()
+    if case.factory == "dropout":
+        return "the identity in eval mode", lambda x: x
+    if case.factory == "group_pool":
+        return f"{p['mode']} over the group axis", lambda x: x.amax(2) if p["mode"] == "max" else x.mean(2)
+    if case.factory == "global_pool":
+        return (
+            f"{p['mode']} over all but batch and channel",
+            lambda x: x.flatten(2).amax(2) if p["mode"] == "max" else x.flatten(2).mean(2),
+        )
+    if case.factory == "spatial_pool":
+        k, s, pad = p["kernel_size"], p["stride"], p["padding"]
+
+        def pool(x: torch.Tensor) -> torch.Tensor:
+            flat = _flat(x, case.in_type)
+            if p["mode"] == "max":
+                out = F.max_pool2d(flat, k, s, pad)
+            else:
+                out = F.avg_pool2d(flat, k, s, pad, count_include_pad=False)
+            return out.unflatten(1, x.shape[1:3]) if case.in_type.kind == "group" else out
+
+        padding = "zero padding not counted" if p["mode"] == "avg" else "padding never the max"
+        return f"{p['mode']} pooling per channel, {padding}", pool
+    if case.factory == "orbit_pool":
+
+        def orbit(x: torch.Tensor) -> torch.Tensor:
+            if case.in_type.kind == "group":
+                x = x.amax(2) if p["mode"] == "max" else x.mean(2)
+            images = torch.stack([transform_image(x, group, g) for g in range(group.order)])
+            return (images.amax(0) if p["mode"] == "max" else images.mean(0)).flatten(1)
+
+        return f"{p['mode']} over the group axis and over g·x for every element g, flattened", orbit
+    return None
+
+
+@torch.no_grad()
+def check_reference(layer: nn.Module, case: LayerCase, group: Group, x: torch.Tensor, tolerance: float) -> dict:
+    """A layer without parameters computes what the contract defines it to (e.g. average pooling
+    does not count zero padding), so that backends are interchangeable layer by layer."""
+    reference = _reference(case, group)
+    if reference is None:
+        return {}
+    what, function = reference
+    error = relative_error(layer.eval()(x), function(x))
+    if error > tolerance:
+        _fail(f"differs from what the contract defines ({what}): relative error {error:.2g}")
     return {}
 
 
@@ -726,6 +782,7 @@ def check_layer(
             _run("build", randomise, layer, seed)
         steps: list[tuple[str, Callable, tuple]] = [
             ("output", check_output, (layer, case, group, x)),
+            ("reference", check_reference, (layer, case, group, x, tolerance)),
             ("conv", check_conv, (layer, case, group, x, tolerance)) if case.is_conv else None,
             ("equivariance", check_equivariance, (layer, case, group, x, tolerance)),
             ("export", check_export, (layer, case, group, x, tolerance)),
