@@ -480,6 +480,21 @@ def test_cache_is_dropped_when_switching_to_train_and_copies_are_independent():
     assert layer._cache is None
 
 
+@pytest.mark.parametrize("cls", [LiftingConv, GroupConv])
+def test_a_cached_c1_bank_does_not_block_deepcopy_after_the_weights_change(cls):
+    """On C1 the bank is a view of the weight; cached without grad and then changed in place
+    (load_state_dict, an optimizer step), it used to make ``copy.deepcopy`` raise."""
+    layer = cls(registered_group("C1"), 2, 3, 3, padding=1).eval()
+    x = torch.randn(1, 2, 5, 5) if cls is LiftingConv else torch.randn(1, 2, 1, 5, 5)
+    with torch.no_grad():
+        layer(x)
+    layer.load_state_dict({k: v + 1 for k, v in layer.state_dict().items()})
+    clone = copy.deepcopy(layer)
+    with torch.no_grad():
+        assert torch.equal(clone(x), layer(x))
+        assert torch.allclose(layer(x), _reference_forward(layer, x), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", NATIVE_GROUPS)
 @pytest.mark.parametrize("cls", [LiftingConv, GroupConv])
 def test_gradients_flow_to_the_tied_weights(name, cls):
@@ -584,6 +599,29 @@ def test_backend_refuses_bad_modes_and_options():
     for name in NATIVE_GROUPS:
         be.require(registered_group(name))  # every native group is supported
         assert be.supports(registered_group(name)) is None
+
+
+def test_field_batch_norm_in_nhwc_keeps_float64_precision():
+    """The NHWC training path computed in float32 even for float64 inputs (differences ~1e-7)."""
+    from gcnnkit_native.layers import FieldBatchNorm
+
+    torch.manual_seed(0)
+    ref = FieldBatchNorm(3, 4).double()
+    nhwc = copy.deepcopy(ref)
+    nhwc.channels_last = True
+    x = torch.randn(2, 12, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x = x.unflatten(1, (3, 4)).requires_grad_()
+    expected, got = ref(x), nhwc(x)
+    assert got.dtype == torch.float64
+    grad = torch.randn_like(expected)
+    for a, b in zip(
+        torch.autograd.grad(got, (x, nhwc.weight, nhwc.bias), grad),
+        torch.autograd.grad(expected, (x, ref.weight, ref.bias), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(nhwc.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

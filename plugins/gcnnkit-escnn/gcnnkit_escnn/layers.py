@@ -26,6 +26,9 @@ Robustness.
   escnn's immutable structure (gspaces, field types, representations, analytic bases).
 * Under ``torch.autocast`` the filter is expanded in the weights' precision and ``conv2d`` runs in
   the autocast precision.
+* escnn samples its basis in float32; each convolution rebuilds the sampled basis's output channels
+  from one per coset of the exact elements by exact permutations (:func:`_symmetrise_basis`), so its
+  layers are equivariant under exact elements to the precision they run in (float64 too).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from torch import nn
 
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import ACTIVATIONS, EquivariantConv, EquivariantLayer, plain_batch_norm
+from gcnnkit.core.transforms import transform_image
 from gcnnkit_escnn._compat import enn
 from gcnnkit_escnn.basis import complete_basis
 from gcnnkit_escnn.init import generalized_he_init
@@ -195,6 +199,7 @@ class EscnnConv(EscnnLayer, EquivariantConv):
             **kwargs,
         )
         _private_basis(self.conv)
+        _symmetrise_basis(self.conv, eg, self.in_kind, self.kernel_size)
         if initialize:
             generalized_he_init(self.conv.weights.data, self.conv.basisexpansion)
         out_index = eg.channel_index(self.out_fields)
@@ -287,6 +292,45 @@ def _private_basis(conv: enn.R2Conv) -> None:
                 object.__setattr__(private, key, copy.copy(value))
         private._buffers = {k: (None if v is None else v.clone()) for k, v in block._buffers.items()}
         setattr(expansion, name, private)
+
+
+@torch.no_grad()
+def _symmetrise_basis(conv: enn.R2Conv, eg, in_kind: str, kernel_size: int) -> None:
+    """Make the sampled basis exactly equivariant under the group's exact elements.
+
+    escnn samples its basis in float32, so the filter of output channel ``a·h`` is the exact
+    transform by ``a`` of that of channel ``h`` only up to float32 round-off (~1e-7), which is all
+    the equivariance a float64 layer had. Here every output channel ``h = a·r`` (``a`` exact, ``r``
+    the first element of the coset ``E·h`` of the exact elements ``E``) is rebuilt from channel ``r``
+    by the exact pixel permutation of ``a`` and, for group inputs, the permutation ``g ↦ a⁻¹g`` of the
+    input channels: ``B[h, g, p] = B[r, a⁻¹g, T_a⁻¹p]``. It moves the basis by float32 round-off only;
+    checkpoints keep their own basis (it is a buffer in the state dict).
+    """
+    group = eg.group
+    exact = [a for a in range(group.order) if group.is_exact(a)]
+    if len(exact) == 1:
+        return
+    block = _block(conv)
+    basis = block.sampled_basis  # [dim, out |G|, in (|G| or 1), k²], escnn's channel order
+    table, inverse = group.cayley_table, group.inverses
+    grid = torch.arange(kernel_size * kernel_size, dtype=torch.float64).reshape(kernel_size, kernel_size)
+    # (T_a ψ)(p) = ψ(pixels[a][p]) for a k×k filter ψ
+    pixels = {a: transform_image(grid, group, a).reshape(-1).round().long() for a in exact}
+    perm = torch.arange(group.order) if eg.perm is None else eg.perm  # gcnnkit element h -> escnn channel
+    ours = basis.index_select(1, perm)
+    if in_kind == "group":
+        ours = ours.index_select(2, perm)
+    rebuilt = torch.empty_like(ours)
+    for h in range(group.order):
+        r = min(int(table[a, h]) for a in exact)  # the coset's first element; h = a·r
+        a = next(a for a in exact if int(table[a, r]) == h)
+        source = ours[:, r]
+        if in_kind == "group":
+            source = source.index_select(1, table[int(inverse[a])])  # input channel g <- a⁻¹·g
+        rebuilt[:, h] = source.index_select(2, pixels[a])
+    if in_kind == "group":
+        rebuilt = rebuilt.index_copy(2, perm, rebuilt.clone())
+    basis.copy_(torch.empty_like(rebuilt).index_copy_(1, perm, rebuilt))
 
 
 class EscnnBatchNorm(EscnnLayer, EquivariantLayer):

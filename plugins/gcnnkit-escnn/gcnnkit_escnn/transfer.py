@@ -8,7 +8,8 @@ backends (linear head) their own state dict.
 
 * escnn → transfer format (:func:`export_weights`) is exact for groups that permute pixels: the
   expanded escnn filter is equivariant, so it lies in the native tied space and is its ``h = e``
-  slice, expanded by the native rule (differences are float32 round-off, ~1e-6).
+  slice, expanded by the native rule (the sampled basis is symmetrised for exact elements, see
+  :func:`gcnnkit_escnn.layers._symmetrise_basis`).
 * transfer format → escnn (:func:`import_weights`) solves least squares for the escnn coefficients
   whose expanded filter has that ``h = e`` slice. It is exact when escnn's basis spans the native
   tied space (``basis: complete``); with escnn's default basis it is the projection onto the

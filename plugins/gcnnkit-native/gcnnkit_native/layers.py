@@ -71,7 +71,11 @@ class _GroupConvBase(EquivariantConv):
         if self._cache is None or self._cache[0] != key:
             # Keep the cached weight's (and bias's) storage alive: otherwise a replacement weight (`.data =`,
             # load_state_dict(assign=True)) can get the freed address and version 0, matching the key.
-            self._cache = (key, self._bank(), self._expand_bias(), w.detach(), None if b is None else b.detach())
+            # Detached: on C1 the bank is a view of the weight, and a view made without grad whose base is
+            # later changed in place (load_state_dict, an optimizer step) cannot be deep-copied.
+            bias = self._expand_bias()
+            bank_and_bias = (self._bank().detach(), None if bias is None else bias.detach())
+            self._cache = (key, *bank_and_bias, w.detach(), None if b is None else b.detach())
         return self._cache[1], self._cache[2]
 
     def filter_bank(self) -> torch.Tensor:
@@ -263,12 +267,14 @@ class FieldBatchNorm(CoreFieldBatchNorm):
 class _FieldBatchNormNHWC(torch.autograd.Function):
     """Training-mode field batch norm on ``x [B, C·|G|, H, W]`` (any layout, NHWC kept):
     statistics per field over ``(B, |G|, H, W)`` from per-channel sums, then one fused per-channel
-    normalisation; backward ``dx = a·dy + b·x + c`` per channel, the batch-norm gradient."""
+    normalisation; backward ``dx = a·dy + b·x + c`` per channel, the batch-norm gradient. Computed
+    in float32 for half-precision inputs, in the input's precision otherwise (float64 stays float64)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, n, eps, running):
         c = x.shape[1] // n
-        xf = x.float()
+        compute = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(compute)
         var_ch, mean_ch = torch.var_mean(xf, dim=(0, 2, 3), correction=0)  # [C·|G|]
         mean = mean_ch.view(c, n).mean(1)
         var = (var_ch + mean_ch.square()).view(c, n).mean(1) - mean.square()
@@ -278,8 +284,8 @@ class _FieldBatchNormNHWC(torch.autograd.Function):
             running_mean.lerp_(mean.to(running_mean.dtype), momentum)
             running_var.lerp_((var * (count / max(count - 1, 1))).to(running_var.dtype), momentum)
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight.float()
-        shift = -mean * scale if bias is None else bias.float() - mean * scale
+        scale = invstd if weight is None else invstd * weight.to(compute)
+        shift = -mean * scale if bias is None else bias.to(compute) - mean * scale
         y = torch.addcmul(shift.repeat_interleave(n)[:, None, None], xf, scale.repeat_interleave(n)[:, None, None])
         ctx.save_for_backward(x, mean, invstd, weight)
         ctx.n, ctx.count, ctx.has_bias = n, count, bias is not None
@@ -290,11 +296,12 @@ class _FieldBatchNormNHWC(torch.autograd.Function):
         x, mean, invstd, weight = ctx.saved_tensors
         n, count = ctx.n, ctx.count
         c = mean.shape[0]
-        dyf, xf = dy.float(), x.float()
+        compute = torch.promote_types(x.dtype, torch.float32)
+        dyf, xf = dy.to(compute), x.to(compute)
         sum_dy = dyf.sum(dim=(0, 2, 3)).view(c, n).sum(1)  # [C]
         sum_dy_x = (dyf * xf).sum(dim=(0, 2, 3)).view(c, n).sum(1)
         sum_dy_xmu = sum_dy_x - mean * sum_dy  # Σ dy·(x − μ)
-        w = torch.ones_like(mean) if weight is None else weight.float()
+        w = torch.ones_like(mean) if weight is None else weight.to(compute)
         a = invstd * w
         b = -a * invstd.square() * sum_dy_xmu / count
         cst = -a * sum_dy / count - b * mean

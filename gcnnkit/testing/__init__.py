@@ -5,6 +5,11 @@ A group plugin's tests can be a few lines::
     from gcnnkit.testing import assert_group_axioms, assert_equivariant
     assert_group_axioms(my_group)
     assert_equivariant(layer, my_group, FieldType("image", 1), FieldType("group", 8), x)
+
+and a backend plugin's one (:mod:`gcnnkit.testing.conformance`)::
+
+    from gcnnkit.testing import assert_backend_conforms
+    assert_backend_conforms(MyBackend())
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group, check_group_axioms
 from gcnnkit.core.representation import regular_representation
 from gcnnkit.core.transforms import transform_image
+from gcnnkit.testing.conformance import ConformanceError, ConformanceReport, assert_backend_conforms
+
+__all__ = [
+    "assert_group_axioms",
+    "assert_equivariant",
+    "assert_network_equivariant",
+    "assert_backend_conforms",
+    "ConformanceError",
+    "ConformanceReport",
+]
 
 
 def assert_group_axioms(group: Group) -> None:
