@@ -39,6 +39,7 @@ from gcnnkit.models.network import EquivariantNet, build_model
 from gcnnkit.run import rundir
 from gcnnkit.tools import timing
 from gcnnkit.tools.export import export_model, flatten_field, floor_model, plain_layers
+from gcnnkit.tools.table import format_table
 from gcnnkit.tools.timing import CLOCKS
 
 MODES = ("eval", "train")
@@ -572,7 +573,7 @@ def format_report(report: dict[str, Any], layers: bool = True) -> str:
                     f"{entry['build_time_s'].get(n, float('nan')):.3f}",
                 )
             )
-        lines.extend(_table(header, rows))
+        lines += format_table([header, *rows], "<>")
         if layers and entry.get("layers"):
             lines.append("  per layer, x floor (eval / train):")
             lheader = ("  layer", *entry["backends"])
@@ -583,21 +584,10 @@ def format_report(report: dict[str, Any], layers: bool = True) -> str:
                     r = layer["ratio_to_floor"].get(b, {})
                     cells.append(f"{_ratio(r.get('eval'))} / {_ratio(r.get('train'))}")
                 lrows.append((f"  {layer['name']}", *cells))
-            lines.extend(_table(lheader, lrows))
+            lines += format_table([lheader, *lrows], "<>")
     for skip in report.get("skipped", []):
         lines.append(f"skipped {skip['model']} on {skip['backend']}: {skip['reason']}")
     return "\n".join(lines)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    out = []
-    for row in [header, *rows]:
-        cells = [
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-    return out
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -50,6 +50,7 @@ from gcnnkit.models.network import EquivariantNet, build_model
 from gcnnkit.run.config import Config, load_config
 from gcnnkit.run.data import dataset_info
 from gcnnkit.tools import timing
+from gcnnkit.tools.table import format_table
 from gcnnkit.tools.timing import CLOCKS
 
 #: A transfer whose projection residuals are all at most this is exact by construction.
@@ -501,9 +502,7 @@ def format_report(report: CompareReport) -> list[str]:
             row.append(f"{_fmt(sa.equivariance_nonexact)}/{_fmt(sb.equivariance_nonexact)}")
         row += [_fmt(layer.transfer[ba]), _fmt(layer.transfer[ab]), _fmt(layer.residual[ab])]
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    lines += format_table([header, *rows])
     if nonexact:
         lines.append(f"non-exact elements: {', '.join(nonexact)} (interpolated, on smooth images; not judged)")
     t = report.timing
