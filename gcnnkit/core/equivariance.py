@@ -20,6 +20,7 @@ from torch import nn
 
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
+from gcnnkit.core.modes import eval_mode
 
 #: Default tolerance on the relative error in float32.
 DEFAULT_TOLERANCE = 1e-5
@@ -157,9 +158,7 @@ def check_network(
     Returns:
         one :class:`EquivarianceResult` per layer, then the end-to-end one.
     """
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         gen = torch.Generator().manual_seed(seed)
         group = net.group
         elements = list(range(group.order)) if elements is None else list(elements)
@@ -173,5 +172,3 @@ def check_network(
             x = layer(x)
         results.append(equivariance_errors(net, group, net.in_type, net.out_type, x0, elements, "end-to-end"))
         return results
-    finally:
-        net.train(was_training)
