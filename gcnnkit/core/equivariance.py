@@ -105,13 +105,6 @@ def equivariance_errors(
     return result
 
 
-def random_input(
-    field_type: FieldType, group: Group, batch: int, height: int, width: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """A standard-normal tensor of ``field_type`` (float32, CPU)."""
-    return torch.randn(field_type.shape(group, batch, height, width), generator=generator)
-
-
 def smooth_images(
     batch: int, channels: int, height: int, width: int, generator: torch.Generator | None = None, sigma: float = 1.5
 ) -> torch.Tensor:
