@@ -1,4 +1,4 @@
-"""The repository's promises: CI runs the README's test command, the docs build."""
+"""The repository's promises: CI runs the README's test command, the docs build, the import rules hold."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +34,20 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_docs_build_strict(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_rules_hold():
+    """The contracts in pyproject.toml ([tool.importlinter]): layers, no plugin imported by gcnnkit,
+    plugins on gcnnkit.core only and independent of each other."""
+    pytest.importorskip("importlinter")
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"]
+        + ["--no-cache"],
         cwd=ROOT,
         capture_output=True,
         text=True,
