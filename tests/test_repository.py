@@ -53,3 +53,13 @@ def test_import_rules_hold():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_test_modules_have_unique_names(pytestconfig):
+    """pytest imports a test module (and a helper beside it) by its file name, so ``tests/`` and every
+    ``plugins/*/tests/`` in ``testpaths`` must not share one (``conftest.py`` files are told apart)."""
+    folders = [folder for pattern in pytestconfig.getini("testpaths") for folder in ROOT.glob(pattern)]
+    assert ROOT / "tests" in folders and ROOT / "plugins" / "gcnnkit-rotations" / "tests" in folders
+    modules = [p for folder in folders for p in folder.rglob("*.py") if p.name != "conftest.py"]
+    names = [p.name for p in modules]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
