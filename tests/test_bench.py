@@ -134,10 +134,7 @@ def test_report_has_ratios_per_contender_and_mode_and_per_layer():
 
 @pytest.mark.escnn
 def test_both_backends_in_one_report_if_escnn_is_installed():
-    from gcnnkit.core.registry import loadable_backends
-
-    if "escnn" not in loadable_backends():
-        pytest.skip("the escnn backend is not installed")
+    pytest.importorskip("escnn")
     cases = preset_cases(["gcnn-tiny"], "C4", ["native", "escnn"])
     report = run_bench(cases, batch_sizes=[2], sizes=[8], repeats=1, warmup=1, min_time=0.0, build_repeats=1)
     (entry,) = report["results"]
@@ -259,9 +256,12 @@ def test_cli_bench_errors_are_one_line(args, parts):
     assert_one_line_error(CliRunner().invoke(main, ["bench", *args]), *parts)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-def test_cli_bench_cuda_without_cuda_is_one_line():
-    assert_one_line_error(CliRunner().invoke(main, ["bench", "--device", "cuda"]), "--device 'cuda'", "--device cpu")
+def test_cli_bench_missing_cuda_device_is_one_line():
+    if torch.cuda.is_available():  # one past the last GPU
+        missing, hint = f"cuda:{torch.cuda.device_count()}", "does not exist"
+    else:
+        missing, hint = "cuda", "--device cpu"
+    assert_one_line_error(CliRunner().invoke(main, ["bench", "--device", missing]), f"--device '{missing}'", hint)
 
 
 # ----------------------------------------------------------------------- native speed work

@@ -15,7 +15,7 @@ pytest.importorskip("escnn")
 from gcnnkit.cli import main  # noqa: E402
 from gcnnkit.core.errors import ConfigError  # noqa: E402
 from gcnnkit.core.group import cyclic_group  # noqa: E402
-from gcnnkit.core.registry import backend_names, get_backend  # noqa: E402
+from gcnnkit.core.registry import get_backend  # noqa: E402
 from gcnnkit.models.network import build_model, build_network  # noqa: E402
 from gcnnkit.models.spec import parse_layers  # noqa: E402
 from gcnnkit.tools.compare import (  # noqa: E402
@@ -24,8 +24,6 @@ from gcnnkit.tools.compare import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.escnn
-if "escnn" not in backend_names():
-    pytest.skip("the escnn backend plugin (gcnnkit-escnn) is not installed", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

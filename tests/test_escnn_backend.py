@@ -19,13 +19,11 @@ from gcnnkit.core.equivariance import check_network, equivariance_errors, relati
 from gcnnkit.core.errors import SpecError, UnsupportedGroupError  # noqa: E402
 from gcnnkit.core.fields import FieldType  # noqa: E402
 from gcnnkit.core.group import GROUP_API_VERSION, Group, cyclic_group, dihedral_group  # noqa: E402
-from gcnnkit.core.registry import backend_names, get_backend, get_group  # noqa: E402
+from gcnnkit.core.registry import get_backend, get_group  # noqa: E402
 from gcnnkit.models.network import build_model, build_network  # noqa: E402
 from gcnnkit.models.spec import parse_layers  # noqa: E402
 
 pytestmark = pytest.mark.escnn
-if "escnn" not in backend_names():
-    pytest.skip("the escnn backend plugin (gcnnkit-escnn) is not installed", allow_module_level=True)
 
 TOL = 1e-5
 #: escnn's default basis, elements per field pair (measured): {(group, kind): {k: dim}}

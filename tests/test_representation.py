@@ -1,4 +1,4 @@
-"""Trivial and regular representations."""
+"""The regular representation: permutation matrices of the group product, the action on the group axis."""
 
 from __future__ import annotations
 
