@@ -46,9 +46,10 @@ from gcnnkit.core.equivariance import DEFAULT_TOLERANCE, check_network, relative
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.core.group import Group
 from gcnnkit.core.registry import get_backend, loadable_backends, require_plugins
-from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.models.network import EquivariantNet
 from gcnnkit.run.config import Config, load_config
 from gcnnkit.run.data import dataset_info
+from gcnnkit.run.rundir import build_model_from_config
 from gcnnkit.tools import timing
 from gcnnkit.tools.table import format_table
 from gcnnkit.tools.timing import CLOCKS
@@ -437,17 +438,7 @@ def compare_config(
         backend_objs[name] = get_backend(name).with_options(**options[name])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            nets[name] = build_model(
-                name,
-                m.group,
-                in_channels=info.in_channels,
-                image_size=info.image_size,
-                num_classes=info.num_classes,
-                preset=m.preset,
-                layers=m.layers,
-                widths=m.widths,
-                backend_options=options[name],
-            )
+            nets[name] = build_model_from_config(config, info, backend=name, backend_options=options[name])
     source = str(config.source) if config.source is not None else None
     with torch.random.fork_rng(devices=[]):
         return compare_networks(
