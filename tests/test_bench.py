@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_user_error
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -38,14 +39,6 @@ GCONV_LAYERS = ("lift", "gconv")
 def tiny(group: str = "C4", size: int = 12) -> nn.Module:
     torch.manual_seed(0)
     return build_model("native", group, preset="gcnn-tiny", in_channels=1, image_size=size, num_classes=10)
-
-
-def assert_one_line_error(result, *parts: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for part in parts:
-        assert part in lines[0]
 
 
 # ---------------------------------------------------------------------------------- floor
@@ -253,7 +246,7 @@ def test_cli_bench_presets_table(tmp_path):
     ],
 )
 def test_cli_bench_errors_are_one_line(args, parts):
-    assert_one_line_error(CliRunner().invoke(main, ["bench", *args]), *parts)
+    assert_user_error(CliRunner().invoke(main, ["bench", *args]), *parts)
 
 
 def test_cli_bench_missing_cuda_device_is_one_line():
@@ -261,7 +254,7 @@ def test_cli_bench_missing_cuda_device_is_one_line():
         missing, hint = f"cuda:{torch.cuda.device_count()}", "does not exist"
     else:
         missing, hint = "cuda", "--device cpu"
-    assert_one_line_error(CliRunner().invoke(main, ["bench", "--device", missing]), f"--device '{missing}'", hint)
+    assert_user_error(CliRunner().invoke(main, ["bench", "--device", missing]), f"--device '{missing}'", hint)
 
 
 # ----------------------------------------------------------------------- native speed work

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import assert_user_error
 
 pytest.importorskip("escnn")
 
@@ -135,10 +136,7 @@ def test_compare_exits_1_when_a_check_fails(tmp_path):
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(tmp_path, args, words):
-    result = invoke("compare", tiny_config(tmp_path), *args, *FAST)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], result.stderr
+    assert_user_error(invoke("compare", tiny_config(tmp_path), *args, *FAST), words)
 
 
 def test_escnn_configs_differ_from_the_native_ones_only_in_the_backend():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import ROOT, assert_user_error
 from torch import nn
 
 from gcnnkit.cli import main
@@ -514,8 +514,6 @@ def test_cli_export_with_normalisation_takes_raw_images(tiny_run_copy):
 
 def test_cli_export_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "m.ts")])
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "not a run directory" in lines[0]
+    assert_user_error(result, "not a run directory")
     result = CliRunner().invoke(main, ["export", str(tmp_path), "--format", "pickle"])
     assert result.exit_code == 2 and "pickle" in result.output
