@@ -323,7 +323,7 @@ def test_channels_last_keeps_values_and_equivariance_and_runs_nhwc(backend, grou
         pytest.importorskip("escnn")
     net = build_model(backend, group, preset="gcnn-small", in_channels=3, image_size=17, num_classes=10).eval()
     randomize_parameters(net)
-    x = torch.randn(4, 3, 17, 17)
+    x = torch.randn(4, 3, 17, 17, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = net(x)
         assert net.set_channels_last() is net and net.channels_last
@@ -332,7 +332,8 @@ def test_channels_last_keeps_values_and_equivariance_and_runs_nhwc(backend, grou
         got = net(x)
         for hook in hooks:
             hook.remove()
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # the logits span orders of magnitude (random weights): other kernels round differently, ~1e-7 of the largest
+    assert rel_err(got, expected) <= 1e-5
     # convolution, batch norm, activation: NHWC all along (in [B, C, |G|, H, W] the channel axes innermost)
     for y in layouts[: 3 if backend == "native" else 1]:
         y4 = y.flatten(1, 2) if y.ndim == 5 else y
