@@ -1,4 +1,4 @@
-"""Shared fixtures for the config, data, training and CLI tests.
+"""Shared fixtures and helpers for the config, data, training and CLI tests.
 
 Nothing here is autouse: other test modules are unaffected.
 """
@@ -6,6 +6,7 @@ Nothing here is autouse: other test modules are unaffected.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,26 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def assert_user_error(result, *parts: str) -> None:
+    """A click result with exit 2 and one ``error: ...`` line on stderr naming ``parts``, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for part in parts:
+        assert part in lines[0]
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def console_script() -> str:
+    """Path of the installed ``gcnnkit`` console script (fails the test when it is not installed)."""
+    script = Path(sys.executable).parent / "gcnnkit"
+    found = str(script) if script.exists() else shutil.which("gcnnkit")
+    if found is None:
+        pytest.fail("the gcnnkit console script is not installed (pip install -e .)")
+    return found
 
 
 @pytest.fixture

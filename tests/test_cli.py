@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import CONFIGS, ROOT, TINY_CONFIG, merge
+from conftest import CONFIGS, ROOT, TINY_CONFIG, assert_user_error, console_script, merge
 
 from gcnnkit.cli import COMMANDS, main
 from gcnnkit.core.group import cyclic_group
@@ -33,17 +32,6 @@ def runner() -> CliRunner:
 
 def invoke(runner: CliRunner, *args: str):
     return runner.invoke(main, [str(a) for a in args])
-
-
-def assert_user_error(result, *parts: str) -> None:
-    """Exit 2, one ``error: ...`` line on stderr naming ``parts``, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for part in parts:
-        assert part in lines[0]
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 # ------------------------------------------------------------------------------------ help
@@ -284,14 +272,6 @@ def test_plugins_json_reports_failures(runner):
 
 
 # ----------------------------------------------------------------------- the real console script
-def _console_script() -> str:
-    script = Path(sys.executable).parent / "gcnnkit"
-    found = str(script) if script.exists() else shutil.which("gcnnkit")
-    if found is None:
-        pytest.fail("the gcnnkit console script is not installed (pip install -e .)")
-    return found
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -305,7 +285,7 @@ def test_console_script_exits_2_with_one_line_and_no_traceback(tmp_path, tiny_co
     bad.write_text("model: [C4\n")
     names = {"bad": bad, "tiny": tiny_config, "tmp": tmp_path}
     proc = subprocess.run(
-        [_console_script(), *(a.format(**names) for a in args)], capture_output=True, text=True, cwd=ROOT, timeout=300
+        [console_script(), *(a.format(**names) for a in args)], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(message.format(**names))

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import console_script
 
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.run import distributed
@@ -65,14 +66,6 @@ NO_BN_CONFIG: dict[str, Any] = {
 
 def _config(base: dict[str, Any], **train: Any) -> Config:
     return Config.from_dict({**base, "train": {**base["train"], **train}})
-
-
-def _console_script() -> str:
-    script = Path(sys.executable).parent / "gcnnkit"
-    found = str(script) if script.exists() else shutil.which("gcnnkit")
-    if found is None:
-        pytest.fail("the gcnnkit console script is not installed (pip install -e .)")
-    return found
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -176,7 +169,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """``torchrun --nproc_per_node=2 gcnnkit train`` of :data:`DDP_CONFIG` (2 epochs on CPU)."""
     folder = tmp_path_factory.mktemp("ddp")
     (folder / "ddp.yaml").write_text(yaml.safe_dump(DDP_CONFIG), encoding="utf-8")
-    proc = torchrun("--no-python", _console_script(), "train", "ddp.yaml", "--out", "run", cwd=folder)
+    proc = torchrun("--no-python", console_script(), "train", "ddp.yaml", "--out", "run", cwd=folder)
     _check(proc)
     return folder / "run", proc
 
@@ -232,7 +225,7 @@ def test_a_user_error_found_by_rank_0_stops_every_process(ddp_run):
     process exits non-zero and only rank 0 prints the one-line error. (The worker checks the same
     in-process, in the fast suite.)"""
     run_dir, _ = ddp_run
-    proc = torchrun("--no-python", _console_script(), "train", "ddp.yaml", "--out", "run", cwd=run_dir.parent)
+    proc = torchrun("--no-python", console_script(), "train", "ddp.yaml", "--out", "run", cwd=run_dir.parent)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors == ["error: --out run: already holds a run; add --resume to continue it or choose a new folder"]
@@ -254,7 +247,7 @@ def test_two_nodes_train_what_one_node_trains(ddp_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
     cmd += [f"--rdzv_endpoint=127.0.0.1:{port}"]
-    train_cmd = ["--no-python", _console_script(), "train", "ddp.yaml", "--out", "run"]
+    train_cmd = ["--no-python", console_script(), "train", "ddp.yaml", "--out", "run"]
     other = subprocess.Popen(
         [*cmd, "--node_rank=1", *train_cmd], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -328,17 +321,13 @@ def test_a_ddp_step_is_a_step_on_the_global_batch(worker_run, tmp_path):
 @pytest.mark.escnn
 def test_the_escnn_backend_trains_under_ddp(tmp_path):
     pytest.importorskip("escnn")
-    from gcnnkit.core.registry import backend_names
-
-    if "escnn" not in backend_names():
-        pytest.skip("the escnn backend plugin (gcnnkit-escnn) is not installed")
     from gcnnkit.run.evaluation import evaluate_run
     from gcnnkit.run.rundir import read_metrics
 
     config = {**DDP_CONFIG, "model": {**DDP_CONFIG["model"], "backend": "escnn"}}
     config["train"] = {**config["train"], "epochs": 1}
     (tmp_path / "escnn.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    _check(torchrun("--no-python", _console_script(), "train", "escnn.yaml", "--out", "run", cwd=tmp_path))
+    _check(torchrun("--no-python", console_script(), "train", "escnn.yaml", "--out", "run", cwd=tmp_path))
     metrics = read_metrics(tmp_path / "run")
     assert [m["epoch"] for m in metrics] == [1]
     logged = {p: metrics[-1][f"test_{p}"] for p in config["eval"]["protocols"]}

@@ -19,13 +19,11 @@ from gcnnkit.core.equivariance import check_network, equivariance_errors, relati
 from gcnnkit.core.errors import SpecError, UnsupportedGroupError  # noqa: E402
 from gcnnkit.core.fields import FieldType  # noqa: E402
 from gcnnkit.core.group import GROUP_API_VERSION, Group, cyclic_group, dihedral_group  # noqa: E402
-from gcnnkit.core.registry import backend_names, get_backend, get_group  # noqa: E402
+from gcnnkit.core.registry import get_backend, get_group  # noqa: E402
 from gcnnkit.models.network import build_model, build_network  # noqa: E402
 from gcnnkit.models.spec import parse_layers  # noqa: E402
 
 pytestmark = pytest.mark.escnn
-if "escnn" not in backend_names():
-    pytest.skip("the escnn backend plugin (gcnnkit-escnn) is not installed", allow_module_level=True)
 
 TOL = 1e-5
 #: escnn's default basis, elements per field pair (measured): {(group, kind): {k: dim}}
@@ -364,6 +362,43 @@ def test_other_layers_cross_validate(group_name):
             with torch.no_grad():  # the shortcut equals escnn's own InnerBatchNorm.forward
                 ref = layer_e.bn(enn.GeometricTensor(x.flatten(1, 2) if x.ndim == 5 else x, layer_e.bn.in_type))
                 assert torch.equal(ref.tensor.view(x.shape), layer_e(x))
+
+
+#: Largest relative equivariance error at exact elements per dtype, for (convolutions, other layers).
+#: escnn samples its filter bases in float32; the convolutions symmetrise the sampled basis under the
+#: exact elements, so they too are exact up to float64 rounding.
+TOLERANCE = {torch.float32: (TOL, TOL), torch.float64: (1e-12, 1e-12)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("group_name", ["C4", "D4", "C8"])
+def test_every_layer_is_equivariant_to_the_precision_of_its_dtype(group_name, dtype):
+    group, esc = get_group(group_name), escnn_backend()
+    exact = [g for g in range(group.order) if group.is_exact(g)]
+    img, gmap = FieldType("image", 2), FieldType("group", 3)
+    torch.manual_seed(0)
+    convs = [
+        (esc.lifting_conv(group, img, 3, 5, stride=2, padding=2), img, gmap, False),
+        (esc.group_conv(group, gmap, 3, 3, padding=1), gmap, gmap, False),
+    ]
+    others = [  # (layer, in type, out type, train mode); size 9 places the stride-2 windows symmetrically
+        (esc.batch_norm(group, gmap), gmap, gmap, True),
+        (esc.batch_norm(group, img), img, img, False),
+        (esc.activation(group, gmap, "gelu"), gmap, gmap, False),
+        (esc.activation(group, img, "relu"), img, img, False),
+        (esc.spatial_pool(group, gmap, "max", 3, 2, 1), gmap, gmap, False),
+        (esc.group_pool(group, gmap, "max"), gmap, FieldType("image", 3), False),
+    ]
+    from gcnnkit.tools.compare import randomise_statistics
+
+    gen = torch.Generator().manual_seed(0)
+    for tolerance, cases in zip(TOLERANCE[dtype], (convs, others), strict=True):
+        for layer, t_in, t_out, train in cases:
+            randomise_statistics(layer, 0)
+            layer.to(dtype).train(train)
+            x = torch.randn(t_in.shape(group, 2, 9, 9), generator=gen).to(dtype)
+            error = equivariance_errors(layer, group, t_in, t_out, x, exact).max_error
+            assert error <= tolerance, (type(layer).__name__, train, error)
 
 
 def test_layers_are_escnn_modules():

@@ -33,6 +33,9 @@ from gcnnkit.core.registry import get_backend
 from gcnnkit.core.transforms import transform_image
 
 TOL = 1e-5
+#: Largest relative equivariance error per dtype: exact groups act by pixel permutations, so only the
+#: order of the sums changes and the error is rounding, ~1e-7 in float32 and ~1e-16 in float64.
+TOLERANCE = {torch.float32: TOL, torch.float64: 1e-12}
 #: hypothesis budget per group (every test below runs once per group, so ~10 × 6 examples each)
 PROPERTY = settings(max_examples=10, deadline=None)
 
@@ -300,6 +303,36 @@ def test_dropout_eval_and_linear_are_invariant(name):
     assert max_equivariance_error(drop, group, FieldType("group", 3), FieldType("group", 3), x)[0] == 0.0
     lin = backend().linear(group, FieldType("vector", 3), 4)
     assert lin(torch.randn(2, 3)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", NATIVE_GROUPS)
+def test_every_layer_is_equivariant_to_the_precision_of_its_dtype(name, dtype):
+    """Each layer kind, small and strided, in float32 and float64: in float64 to ~machine precision,
+    which a filter or an action off by a rounding-sized amount would not reach."""
+    group, b = registered_group(name), backend()
+    img, gmap = FieldType("image", 2), FieldType("group", 3)
+    cases = [  # (layer, in type, out type, train mode); size 9 places every stride-2 window symmetrically
+        (b.lifting_conv(group, img, 3, 5, stride=2, padding=2), img, gmap, False),
+        (b.group_conv(group, gmap, 3, 3, padding=2, dilation=2), gmap, gmap, False),
+        (b.batch_norm(group, gmap), gmap, gmap, True),
+        (b.batch_norm(group, gmap), gmap, gmap, False),
+        (b.layer_norm(group, gmap), gmap, gmap, False),
+        (b.activation(group, gmap, "gelu"), gmap, gmap, False),
+        (b.spatial_pool(group, gmap, "avg", 3, 2, 1), gmap, gmap, False),
+        (b.spatial_pool(group, img, "max", 3, 2, 1), img, img, False),
+        (b.group_pool(group, gmap, "mean"), gmap, FieldType("image", 3), False),
+        (b.global_pool(group, gmap, "avg"), gmap, FieldType("vector", 3), False),
+        (b.orbit_pool(group, gmap, "mean", size=9), gmap, FieldType("vector", 3 * 81), False),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for layer, t_in, t_out, train in cases:
+        randomize_parameters(layer)
+        layer.to(dtype).train(train)
+        x = torch.randn(t_in.shape(group, 2, 9, 9), generator=gen).to(dtype)
+        with torch.no_grad():
+            err, where = max_equivariance_error(layer, group, t_in, t_out, x)
+        assert err <= TOLERANCE[dtype], (type(layer).__name__, train, where, err)
 
 
 # --------------------------------------------------------------------------- filter banks

@@ -119,7 +119,6 @@ def test_p4cnn_on_d4_is_equivariant_including_the_even_top_kernel():
 # --------------------------------------------------------------------------- escnn backend
 @pytest.fixture(scope="module")
 def escnn_backend():
-    pytest.importorskip("gcnnkit_escnn")
     pytest.importorskip("escnn")
     return "escnn"
 

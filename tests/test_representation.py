@@ -1,4 +1,4 @@
-"""Trivial and regular representations."""
+"""The regular representation: permutation matrices of the group product, the action on the group axis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gcnnkit.core.group import cyclic_group, dihedral_group
-from gcnnkit.core.representation import Representation, regular_representation, trivial_representation
+from gcnnkit.core.representation import Representation, regular_representation
 from gcnnkit.core.transforms import transform_group_map
 
 
@@ -64,17 +64,6 @@ def test_group_map_action_on_the_group_axis_is_the_regular_representation(name):
         acted = transform_group_map(x, group, g)[..., 0, 0]  # [2, 3, |G|]
         expected = torch.einsum("ij,bcj->bci", rep.matrix(g), x[..., 0, 0])
         assert torch.equal(acted, expected)
-
-
-@pytest.mark.parametrize("name", NATIVE_GROUPS)
-def test_trivial_representation(name):
-    group = registered_group(name)
-    rep = trivial_representation(group)
-    assert rep.size == 1 and rep.name == "trivial"
-    assert rep.matrices.shape == (group.order, 1, 1)
-    for g in group.element_names:
-        assert torch.equal(rep.matrix(g), torch.ones(1, 1, dtype=torch.float64))
-    assert rep.is_homomorphism()
 
 
 def test_is_homomorphism_detects_a_broken_representation():

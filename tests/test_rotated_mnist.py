@@ -54,6 +54,16 @@ def test_reconstruction_follows_the_documented_recipe(pool):
     assert len(set(order[:20].tolist()) & set(order[20:].tolist())) == 0  # disjoint splits
 
 
+def test_reconstructing_a_subset_gives_the_whole_sets_images_at_its_indices(pool):
+    full_train, full_test = reconstruct_rotmnist(*pool, seed=5, sizes=(20, 30))
+    keep = (torch.tensor([0, 3, 19]), torch.tensor([2, 7, 29]))
+    train, test = reconstruct_rotmnist(*pool, seed=5, sizes=(20, 30), keep=keep)
+    for part, full, idx in ((train, full_train, keep[0]), (test, full_test, keep[1])):
+        assert torch.equal(part.images, full.images[idx]) and torch.equal(part.labels, full.labels[idx])
+    train, test = reconstruct_rotmnist(*pool, seed=5, sizes=(20, 30), keep=(None, torch.tensor([4])))
+    assert torch.equal(train.images, full_train.images) and torch.equal(test.images, full_test.images[4:5])
+
+
 def test_reconstruction_is_deterministic_and_changes_with_the_seed(pool):
     a = reconstruct_rotmnist(*pool, sizes=(10, 10))
     b = reconstruct_rotmnist(*pool, sizes=(10, 10))
@@ -85,11 +95,34 @@ def test_rotmnist_from_shared_mnist(mnist_root):
     assert data.train.labels[:10].tolist() == [2, 7, 2, 3, 6, 0, 8, 1, 8, 7]
     assert data.test.labels.bincount().min() > 4000
     assert data.mean.item() == pytest.approx(0.13, abs=0.01)  # rotation keeps MNIST's mean intensity
+    # pinned images (pixel sums), as reconstructed before subsets were rebuilt alone
+    for split, idx, sums in (
+        (data.train, [0, 1, 5000, 11999], [181.5409628385, 117.2422173689, 100.4236802141, 93.4563667357]),
+        (data.test, [0, 25000, 49999], [43.7451458090, 107.7332167206, 117.3690484389]),
+    ):
+        assert split.images[idx].double().sum(dim=(1, 2, 3)).tolist() == pytest.approx(sums, rel=1e-6)
+    # a subset is the whole set's images at the subset's indices, to the bit
+    part = load_dataset(data_config(root=str(mnist_root), train_size=100, test_size=50), seed=3)
+    for split, full, seed in ((part.train, data.train, 3), (part.test, data.test, 0)):
+        idx = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))[: len(split)].sort().values
+        assert torch.equal(split.images, full.images[idx]) and torch.equal(split.labels, full.labels[idx])
 
 
-def test_rotmnist_subsets(mnist_root):
+def test_rotmnist_subsets_rotate_only_the_images_they_keep(mnist_root, monkeypatch):
+    import gcnnkit.run.data as data_module
+
+    rotated = []
+
+    def counting(x, angles):
+        rotated.append(len(x))
+        return rotate_images(x, angles)
+
+    monkeypatch.setattr(data_module, "rotate_images", counting)
     data = load_dataset(data_config(root=str(mnist_root), train_size=100, test_size=50), seed=0)
     assert len(data.train) == 100 and len(data.test) == 50
+    assert sum(rotated) == 150
+    with pytest.raises(DataError, match="data.train_size: 12001 is more than the 12000 images available"):
+        load_dataset(data_config(root=str(mnist_root), train_size=12_001), seed=0)
 
 
 def test_missing_mnist_names_both_sources(tmp_path):

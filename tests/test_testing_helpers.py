@@ -129,6 +129,16 @@ def test_assert_network_equivariant_passes_and_restores_the_mode():
     assert net.training  # check_network puts the net in eval mode and back
 
 
+def test_check_network_feeds_a_float64_network_float64_images():
+    """Regression: the images were float32 whatever the network, so a float64 network failed in conv2d."""
+    net = build_model("native", "D4", preset="gcnn-tiny", in_channels=1, image_size=11, num_classes=3)
+    randomize_parameters(net)
+    single = check_network(net, (1, 11, 11), batch=2)
+    double = assert_network_equivariant(net.double(), (1, 11, 11), tolerance=1e-12)
+    assert [r.name for r in double] == [r.name for r in single]
+    assert max(r.max_error for r in double) < 1e-3 * max(r.max_error for r in single)
+
+
 def _net_with(layer: nn.Module, group) -> EquivariantNet:
     specs = parse_layers(["relu", "global_pool"])
     types = [FieldType("image", 1), FieldType("image", 1), FieldType("vector", 1)]

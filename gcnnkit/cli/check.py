@@ -6,6 +6,7 @@ import click
 
 from gcnnkit.cli._common import set_option, to_json
 from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
+from gcnnkit.tools.table import format_table
 
 
 @click.command("check")
@@ -59,10 +60,8 @@ def _print_table(report) -> None:
     header = ["layer", "types", "max rel err", "worst at"]
     if show_interp:
         header.append("interpolated (smooth input)")
-    header = (*header, "")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for line in format_table([(*header, ""), *rows]):
+        click.echo(line)
     verdict = "equivariant" if report.passed else "NOT equivariant"
     d = report.to_dict()
     line = (

@@ -6,6 +6,7 @@ import click
 
 from gcnnkit.cli._common import set_option, to_json
 from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
+from gcnnkit.tools.timing import CLOCKS
 
 
 @click.command("compare")
@@ -44,7 +45,7 @@ from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
 )
 @click.option(
     "--clock",
-    type=click.Choice(["wall", "cpu"]),
+    type=click.Choice(CLOCKS),
     default="wall",
     show_default=True,
     help="'cpu' times process CPU time, steadier on a machine shared with other jobs.",

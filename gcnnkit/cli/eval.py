@@ -8,6 +8,7 @@ import click
 from gcnnkit.cli._common import to_json
 from gcnnkit.core.errors import GcnnkitError
 from gcnnkit.run.data import PROTOCOLS
+from gcnnkit.tools.table import format_table
 
 
 @click.command("eval")
@@ -98,10 +99,9 @@ def _header(result: dict) -> str:
 
 def _print_protocols(result: dict) -> None:
     click.echo(_header(result))
-    width = max(len("protocol"), *(len(p) for p in result["accuracy"]))
-    click.echo(f"{'protocol':<{width}}  accuracy")
-    for protocol, acc in result["accuracy"].items():
-        click.echo(f"{protocol:<{width}}  {100 * acc:7.2f}%")
+    rows = [(protocol, f"{100 * acc:.2f}%") for protocol, acc in result["accuracy"].items()]
+    for line in format_table([("protocol", "accuracy"), *rows], "<>"):
+        click.echo(line)
 
 
 def _print_sweep(results: list[dict]) -> None:
@@ -110,15 +110,13 @@ def _print_sweep(results: list[dict]) -> None:
     labels = sweep_labels(results)
     for i, result in enumerate(results):
         click.echo(f"[{i + 1}] {_header(result)}")
-    columns = [f"[{i + 1}]" for i in range(len(results))]
-    width = 8
-    click.echo("angle   " + "".join(f"{c:>{width}}" for c in columns))
+    # a grid of 8-character cells: "angle" over the angles (right-aligned, then a space), a column per run
+    rows = [("angle".ljust(8), *(f"[{i + 1}]" for i in range(len(results))))]
     for row, angle in enumerate(results[0]["angles"]):
-        cells = "".join(f"{100 * r['accuracy'][row]:>{width - 1}.2f}%" for r in results)
-        click.echo(f"{angle:>6g}° {cells}")
-    means = "".join(f"{100 * sum(r['accuracy']) / len(r['accuracy']):>{width - 1}.2f}%" for r in results)
-    lows = "".join(f"{100 * min(r['accuracy']):>{width - 1}.2f}%" for r in results)
-    click.echo(f"{'mean':>7} {means}")
-    click.echo(f"{'min':>7} {lows}")
+        rows.append((f"{angle:g}° ", *(f"{100 * r['accuracy'][row]:.2f}%" for r in results)))
+    rows.append(("mean ", *(f"{100 * sum(r['accuracy']) / len(r['accuracy']):.2f}%" for r in results)))
+    rows.append(("min ", *(f"{100 * min(r['accuracy']):.2f}%" for r in results)))
+    for line in format_table(rows, ">", sep="", min_width=8):
+        click.echo(line)
     for i, label in enumerate(labels):
         click.echo(f"[{i + 1}] = {label}")

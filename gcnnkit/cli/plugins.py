@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gcnnkit.cli._common import to_json
+from gcnnkit.tools.table import format_table
 
 
 @click.command("plugins")
@@ -33,9 +34,8 @@ def command(as_json: bool) -> None:
     if autoload_disabled():
         click.echo(f"plugin discovery is off ({AUTOLOAD_ENV} is set): showing in-process registrations only")
     rows = [(i.kind, i.name, i.origin, _status(i)) for i in infos]
-    widths = [max(len(r[k]) for r in [("kind", "name", "from", ""), *rows]) for k in range(3)]
-    for row in [("kind", "name", "from", "status"), *rows]:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    for line in format_table([("kind", "name", "from", "status"), *rows]):
+        click.echo(line)
 
 
 def _status(info) -> str:

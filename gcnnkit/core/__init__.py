@@ -7,5 +7,7 @@ the backend contract (:mod:`~gcnnkit.core.backend`) and the layers every backend
 measurement (:mod:`~gcnnkit.core.equivariance`) and user errors (:mod:`~gcnnkit.core.errors`).
 
 Plugins (backends and groups) import from here and nowhere else in gcnnkit, except
-:mod:`gcnnkit.testing` in their tests. The core imports nothing from the rest of gcnnkit.
+:mod:`gcnnkit.testing` in their tests. The core imports nothing from the rest of gcnnkit, and
+nothing in gcnnkit imports a plugin (``lint-imports`` checks these rules; see ``[tool.importlinter]``
+in ``pyproject.toml``).
 """

@@ -20,6 +20,7 @@ from torch import nn
 
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
+from gcnnkit.core.modes import eval_mode
 
 #: Default tolerance on the relative error in float32.
 DEFAULT_TOLERANCE = 1e-5
@@ -104,13 +105,6 @@ def equivariance_errors(
     return result
 
 
-def random_input(
-    field_type: FieldType, group: Group, batch: int, height: int, width: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """A standard-normal tensor of ``field_type`` (float32, CPU)."""
-    return torch.randn(field_type.shape(group, batch, height, width), generator=generator)
-
-
 def smooth_images(
     batch: int, channels: int, height: int, width: int, generator: torch.Generator | None = None, sigma: float = 1.5
 ) -> torch.Tensor:
@@ -151,21 +145,20 @@ def check_network(
     Each layer is fed the output of the previous layers on a random image batch
     ``[batch, *image_shape]`` (so shapes and statistics are realistic) and checked on it; the
     last entry, named ``"end-to-end"``, checks the whole network from the image. The images are
-    white noise, or with ``smooth=True`` :func:`smooth_images` (for interpolated elements).
+    white noise, or with ``smooth=True`` :func:`smooth_images` (for interpolated elements), in the
+    network's floating dtype (drawn in float32, so a float64 copy of a network sees the same images).
     The network is put in eval mode (dropout off, batch norm on running statistics).
 
     Returns:
         one :class:`EquivarianceResult` per layer, then the end-to-end one.
     """
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         gen = torch.Generator().manual_seed(seed)
         group = net.group
         elements = list(range(group.order)) if elements is None else list(elements)
         c, h, w = image_shape
         x0 = smooth_images(batch, c, h, w, gen) if smooth else torch.randn(batch, c, h, w, generator=gen)
-        x0 = x0.to(device)
+        x0 = x0.to(device=device, dtype=_floating_dtype(net))
         results = []
         x = x0
         for name, layer, t_in, t_out in net.typed_layers():
@@ -173,5 +166,9 @@ def check_network(
             x = layer(x)
         results.append(equivariance_errors(net, group, net.in_type, net.out_type, x0, elements, "end-to-end"))
         return results
-    finally:
-        net.train(was_training)
+
+
+def _floating_dtype(net: nn.Module) -> torch.dtype:
+    """The dtype of the first floating parameter or buffer of ``net`` (the default dtype if none)."""
+    tensors = (t for t in (*net.parameters(), *net.buffers()) if t.is_floating_point())
+    return next(tensors, torch.empty(0)).dtype

@@ -9,10 +9,13 @@ to plain torch modules on the *flattened layout* ``[B, C·|G|, H, W]`` (:meth:`e
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from gcnnkit.core.errors import SpecError
 from gcnnkit.core.group import Group
@@ -32,6 +35,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 _POOL_MODES = ("max", "avg")
 _GROUP_POOL_MODES = ("max", "mean")
+#: ``torch.compiler.is_compiling`` (torch >= 2.3), else dynamo's own flag.
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+_T = TypeVar("_T")
 
 
 # ----------------------------------------------------------------------------- contract
@@ -102,6 +108,30 @@ class EquivariantConv(EquivariantLayer):
             if bias is not None:
                 conv.bias.copy_(bias.detach())
         return conv
+
+
+def eval_cached(layer: nn.Module, sources: Sequence[torch.Tensor], compute: Callable[[], _T]) -> _T:
+    """``compute()``, kept in ``layer._cache`` while ``layer`` is in eval mode without autograd and
+    none of ``sources`` (the tensors it is computed from) changed, e.g. a filter bank.
+
+    The key is each source's version, address, device and dtype, and ``layer.channels_last``. Train
+    mode or autograd drop the cache; while ``torch.compile`` traces it is bypassed, untouched, so
+    graphs have no side effects. The entry keeps the sources alive, so that a replacement tensor
+    (``.data =``, ``load_state_dict(assign=True)``) cannot get a freed address with version 0 and match.
+    Cached tensors are detached: a bank that is a view of its weight (C1) and was made without grad could
+    not be deep-copied after an in-place change of the weight (``load_state_dict``, an optimizer step).
+    """
+    if _is_compiling():
+        return compute()
+    if layer.training or torch.is_grad_enabled():
+        layer._cache = None
+        return compute()
+    key = (*((t._version, t.data_ptr(), t.device, t.dtype) for t in sources), getattr(layer, "channels_last", False))
+    cache = getattr(layer, "_cache", None)
+    if cache is None or cache[0] != key:
+        value = tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, compute())
+        cache = layer._cache = (key, value, [t.detach() for t in sources])
+    return cache[1]
 
 
 # ------------------------------------------------------------------ plain building blocks

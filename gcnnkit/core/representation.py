@@ -42,11 +42,6 @@ class Representation:
         return f"Representation({self.group.name}, {self.name}, size={self.size})"
 
 
-def trivial_representation(group: Group) -> Representation:
-    """``ρ(g) = [1]`` for every ``g``: a scalar field, e.g. an image channel or a pooled feature."""
-    return Representation(group, "trivial", torch.ones(group.order, 1, 1, dtype=torch.float64))
-
-
 def regular_representation(group: Group) -> Representation:
     """Permutation matrices with ``ρ(g) e_h = e_{g·h}``: one channel per group element.
 

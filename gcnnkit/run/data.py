@@ -148,15 +148,22 @@ class Split:
 
     def subset(self, n: int | None, seed: int, key: str) -> Split:
         """``n`` samples drawn without replacement (deterministic from ``seed``); all when ``n`` is None."""
-        if n is None or n == len(self):
-            return self
-        if n > len(self):
-            raise DataError(f"{key}: {n} is more than the {len(self)} images available; give at most {len(self)}")
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return Split(self.images[idx], self.labels[idx])
+        idx = subset_indices(len(self), n, seed, key)
+        return self if idx is None else Split(self.images[idx], self.labels[idx])
 
     def to(self, device: torch.device | str) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
+
+
+def subset_indices(length: int, n: int | None, seed: int, key: str) -> torch.Tensor | None:
+    """Sorted indices of ``n`` of ``length`` samples drawn without replacement (deterministic from
+    ``seed``); ``None`` for all of them (``n`` None or ``length``). ``key`` names ``n`` in the error
+    when there are fewer than ``n``. What :meth:`Split.subset` keeps, known before the samples are."""
+    if n is None or n == length:
+        return None
+    if n > length:
+        raise DataError(f"{key}: {n} is more than the {length} images available; give at most {length}")
+    return torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
 @dataclass
@@ -240,7 +247,7 @@ def load_dataset(cfg: DataSettings, seed: int = 0) -> Dataset:
         train, test = _load_digits(info.image_size)
         source = "scikit-learn digits"
     elif info.name == ROTMNIST:
-        train, test, source = _load_rotmnist(cfg)
+        train, test, source = _load_rotmnist(cfg, seed)
     else:
         train, test = (_load_torchvision(info, cfg, is_train) for is_train in (True, False))
         source = f"torchvision {info.name}"
@@ -330,7 +337,11 @@ def read_amat(path: str | os.PathLike, size: int = 28) -> Split:
 
 
 def reconstruct_rotmnist(
-    mnist_train: Split, mnist_test: Split, seed: int = ROTMNIST_SEED, sizes: tuple[int, int] = (12_000, 50_000)
+    mnist_train: Split,
+    mnist_test: Split,
+    seed: int = ROTMNIST_SEED,
+    sizes: tuple[int, int] = (ROTMNIST_TRAIN, ROTMNIST_TEST),
+    keep: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> tuple[Split, Split]:
     """Rotated MNIST rebuilt from MNIST, the same on every machine.
 
@@ -342,8 +353,12 @@ def reconstruct_rotmnist(
     centre by its angle with bilinear interpolation, zeros outside
     (:func:`gcnnkit.core.transforms.rotate_images`).
 
+    ``keep`` (indices into the training and the test set, ``None`` for all) rebuilds only those
+    images: the permutation and every angle are drawn as for the whole set, so each kept image is
+    the one the whole set has at its index, and only the kept ones are rotated.
+
     Returns:
-        ``(train, test)`` with images ``[N, 1, 28, 28]`` in ``[0, 1]``.
+        ``(train, test)`` with images ``[N, 1, 28, 28]`` in ``[0, 1]`` (``N``: the kept ones).
     """
     pool_x = torch.cat([mnist_train.images, mnist_test.images])
     pool_y = torch.cat([mnist_train.labels, mnist_test.labels])
@@ -353,16 +368,21 @@ def reconstruct_rotmnist(
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(pool_y), generator=gen)[: n_train + n_test]
     angles = torch.rand(n_train + n_test, generator=gen, dtype=torch.float64) * 360.0
-    images = torch.empty(len(order), *pool_x.shape[1:])
-    for start in range(0, len(order), 5000):  # bounded memory
-        idx = order[start : start + 5000]
-        images[start : start + len(idx)] = rotate_images(pool_x[idx], angles[start : start + len(idx)])
+    train_keep, test_keep = (torch.arange(n) if k is None else k for n, k in zip(sizes, keep, strict=True))
+    picks = torch.cat([train_keep, n_train + test_keep])  # positions in the permutation
+    images = torch.empty(len(picks), *pool_x.shape[1:])
+    for start in range(0, len(picks), 5000):  # bounded memory
+        idx = picks[start : start + 5000]
+        images[start : start + len(idx)] = rotate_images(pool_x[order[idx]], angles[idx])
     images = images.clamp(0.0, 1.0)
-    labels = pool_y[order]
-    return Split(images[:n_train], labels[:n_train]), Split(images[n_train:], labels[n_train:])
+    labels = pool_y[order[picks]]
+    k = len(train_keep)
+    return Split(images[:k], labels[:k]), Split(images[k:], labels[k:])
 
 
-def _load_rotmnist(cfg: DataSettings) -> tuple[Split, Split, str]:
+def _load_rotmnist(cfg: DataSettings, seed: int) -> tuple[Split, Split, str]:
+    """The original files when ``data.root`` has them; else the reconstruction, of only the images that
+    ``train_size``/``test_size`` keep (the subsets :func:`load_dataset` takes, drawn the same way)."""
     files = rotmnist_amat_files(cfg.root)
     if files is not None:
         return read_amat(files["train"]), read_amat(files["test"]), f"MNIST-rot .amat files in {cfg.root}"
@@ -374,7 +394,11 @@ def _load_rotmnist(cfg: DataSettings) -> tuple[Split, Split, str]:
             f"{exc} (rotmnist is rebuilt from MNIST, or read from {ROTMNIST_AMAT['train']} and "
             f"{ROTMNIST_AMAT['test']} in data.root)"
         ) from None
-    train, test = reconstruct_rotmnist(train, test)
+    keep = (
+        subset_indices(ROTMNIST_TRAIN, cfg.train_size, seed, "data.train_size"),
+        subset_indices(ROTMNIST_TEST, cfg.test_size, _TEST_SUBSET_SEED, "data.test_size"),
+    )
+    train, test = reconstruct_rotmnist(train, test, keep=keep)
     return train, test, f"reconstructed from MNIST (seed {ROTMNIST_SEED})"
 
 

@@ -86,18 +86,24 @@ def resolve_device(spec: str, *, option: str = "device", local_rank: int | None 
 
 
 # ------------------------------------------------------------------------------- models
-def build_model_from_config(config: Config, info: DatasetInfo | None = None) -> EquivariantNet:
+def build_model_from_config(
+    config: Config, info: DatasetInfo | None = None, *, backend: str | None = None, backend_options: dict | None = None
+) -> EquivariantNet:
     """Build ``config.model`` for the input shape and class count of ``config.data``.
 
     Checks ``config.required_plugins`` first (:class:`~gcnnkit.core.errors.PluginError` names a
     missing one). ``info`` (from :func:`gcnnkit.run.data.dataset_info`) is looked up when not given.
-    Weights are initialised from the global torch RNG: seed it first for reproducible weights.
+    ``backend`` (with its ``backend_options``) builds the same spec on another backend than the
+    config's (``gcnnkit compare``). Weights are initialised from the global torch RNG: seed it first
+    for reproducible weights.
     """
     require_plugins(config.required_plugins)
     info = info or dataset_info(config.data)
     m = config.model
+    if backend is None:
+        backend, backend_options = m.backend, m.backend_options
     model = build_model(
-        m.backend,
+        backend,
         m.group,
         in_channels=info.in_channels,
         image_size=info.image_size,
@@ -105,7 +111,7 @@ def build_model_from_config(config: Config, info: DatasetInfo | None = None) -> 
         preset=m.preset,
         layers=m.layers,
         widths=m.widths,
-        backend_options=m.backend_options,
+        backend_options=backend_options,
     )
     _probe(model, info)
     return model

@@ -9,8 +9,8 @@ plain module (:func:`gcnnkit.tools.export.export_model`) in one process:
 * forward in eval mode (``torch.no_grad``) and forward + backward in train mode;
 * whole model and each layer on its own (the floor's modules of the same layer);
 * repetitions interleaved (contenders in rotating order, so drift and noise from other
-  processes hit all of them alike); each contender's time is the median, each ratio
-  ``time / floor time`` the median of the per-repetition ratios;
+  processes hit all of them alike; :mod:`gcnnkit.tools.timing`); each contender's time is the
+  median, each ratio ``time / floor time`` the median of the per-repetition ratios;
 * peak memory of one step: on CUDA ``torch.cuda.max_memory_allocated`` above what was
   allocated before the step; on CPU the peak of the bytes of tensors allocated during the
   step and still alive (counted with a dispatch mode, as the CUDA allocator counts them;
@@ -23,7 +23,6 @@ on every installed backend.
 
 from __future__ import annotations
 
-import math
 import platform
 import statistics
 import time
@@ -38,7 +37,10 @@ from gcnnkit.core.errors import GcnnkitError, UnsupportedGroupError
 from gcnnkit.core.registry import loadable_backends
 from gcnnkit.models.network import EquivariantNet, build_model
 from gcnnkit.run import rundir
+from gcnnkit.tools import timing
 from gcnnkit.tools.export import export_model, flatten_field, floor_model, plain_layers
+from gcnnkit.tools.table import format_table
+from gcnnkit.tools.timing import CLOCKS
 
 MODES = ("eval", "train")
 FLOOR = "floor"
@@ -68,34 +70,6 @@ def device_description(device: torch.device) -> str:
     except OSError:
         pass
     return f"{name}, {torch.get_num_threads()} torch threads"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-#: Clocks :func:`time_call` reads: ``wall`` (CUDA: events) or ``cpu`` — CPU seconds of the
-#: whole process (all threads), which other processes on a shared machine hardly disturb.
-CLOCKS = ("wall", "cpu")
-
-
-def time_call(fn: Callable[[], Any], device: torch.device, inner: int = 1, clock: str = "wall") -> float:
-    """Seconds per call of ``fn`` (``inner`` calls back to back; CUDA: events, synchronised)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1000.0 / inner
-    now = time.process_time if clock == "cpu" else time.perf_counter
-    t0 = now()
-    for _ in range(inner):
-        fn()
-    return (now() - t0) / inner
 
 
 # ----------------------------------------------------------------------------- memory
@@ -305,38 +279,23 @@ def _interleaved(
     steps = {
         c.name: (_eval_step(c.module, c.x) if mode == "eval" else _train_step(c.module, c.x, c.grad)) for c in active
     }
-    for _ in range(st.warmup):
-        for step in steps.values():
-            step()
-    _sync(st.device)
-    floor_time = time_call(steps[FLOOR], st.device, 1, st.clock)
-    inner = max(1, math.ceil(st.min_time / max(floor_time, 1e-9)))
-    samples: dict[str, list[float]] = {c.name: [] for c in active}
-    for r in range(st.repeats):
-        k = r % len(active)
-        for c in active[k:] + active[:k]:  # rotate the order every repetition
-            samples[c.name].append(time_call(steps[c.name], st.device, inner, st.clock))
-    times = {name: statistics.median(s) for name, s in samples.items()}
-    per_rep = {
-        name: [a / max(b, 1e-12) for a, b in zip(s, samples[FLOOR], strict=True)]
-        for name, s in samples.items()
-        if name != FLOOR
-    }
-    ratios = {name: statistics.median(r) for name, r in per_rep.items()}
-    return times, ratios, {name: _quartiles(r) for name, r in per_rep.items()}
+    samples = timing.interleaved(steps, st.device, st.repeats, warmup=st.warmup, min_time=st.min_time, clock=st.clock)
+    per_rep = timing.ratios(samples, FLOOR)
+    return timing.medians(samples), timing.medians(per_rep), {name: _quartiles(r) for name, r in per_rep.items()}
 
 
 def _build_times(builders: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
-    samples: dict[str, list[float]] = {name: [] for name in builders}
+    """Median wall seconds of each builder (interleaved) and what each built last."""
     built: dict[str, Any] = {}
-    for r in range(max(1, repeats)):
-        names = list(builders)
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
+
+    def build(name: str) -> Callable[[], None]:
+        def step() -> None:
             built[name] = builders[name]()
-            samples[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(s) for name, s in samples.items()}, built
+
+        return step
+
+    samples = timing.interleaved({name: build(name) for name in builders}, torch.device("cpu"), max(1, repeats))
+    return timing.medians(samples), built
 
 
 def _layer_modules(floor: nn.Sequential, net: EquivariantNet) -> list[nn.Module]:
@@ -614,7 +573,7 @@ def format_report(report: dict[str, Any], layers: bool = True) -> str:
                     f"{entry['build_time_s'].get(n, float('nan')):.3f}",
                 )
             )
-        lines.extend(_table(header, rows))
+        lines += format_table([header, *rows], "<>")
         if layers and entry.get("layers"):
             lines.append("  per layer, x floor (eval / train):")
             lheader = ("  layer", *entry["backends"])
@@ -625,21 +584,10 @@ def format_report(report: dict[str, Any], layers: bool = True) -> str:
                     r = layer["ratio_to_floor"].get(b, {})
                     cells.append(f"{_ratio(r.get('eval'))} / {_ratio(r.get('train'))}")
                 lrows.append((f"  {layer['name']}", *cells))
-            lines.extend(_table(lheader, lrows))
+            lines += format_table([lheader, *lrows], "<>")
     for skip in report.get("skipped", []):
         lines.append(f"skipped {skip['model']} on {skip['backend']}: {skip['reason']}")
     return "\n".join(lines)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    out = []
-    for row in [header, *rows]:
-        cells = [
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-    return out
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -17,7 +17,8 @@ data set; no data is loaded) and compared layer by layer and end to end:
   reported. Transfers go through the *transfer format* of :mod:`gcnnkit.core.backend` (the tied
   state dict of a layer), with the backends' ``export_weights`` / ``import_weights``;
 * **speed**: forward (eval mode, no autograd) and forward + backward (train mode) of each backend,
-  repetitions interleaved, medians; the ratio is the median of per-repetition ratios.
+  repetitions interleaved (:mod:`gcnnkit.tools.timing`), medians; the ratio is the median of
+  per-repetition ratios.
 
 Backends. Without ``--backends`` the two installed backends are compared, the one that keeps its
 weights in the transfer format first (:func:`gcnnkit.core.registry.loadable_backends`).
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,17 +46,19 @@ from gcnnkit.core.equivariance import DEFAULT_TOLERANCE, check_network, relative
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.core.group import Group
 from gcnnkit.core.registry import get_backend, loadable_backends, require_plugins
-from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.models.network import EquivariantNet
 from gcnnkit.run.config import Config, load_config
 from gcnnkit.run.data import dataset_info
+from gcnnkit.run.rundir import build_model_from_config
+from gcnnkit.tools import timing
+from gcnnkit.tools.table import format_table
+from gcnnkit.tools.timing import CLOCKS
 
 #: A transfer whose projection residuals are all at most this is exact by construction.
 EXACT_RESIDUAL = 1e-6
 DEFAULT_BATCH = 4
 DEFAULT_TIMING_BATCH = 32
 DEFAULT_REPEATS = 5
-#: ``wall``: elapsed time; ``cpu``: CPU time of the whole process (steadier on a shared machine).
-CLOCKS = ("wall", "cpu")
 END_TO_END = "end-to-end"
 
 
@@ -254,38 +256,26 @@ def _time_backends(
 
         return run
 
-    now = time.process_time if clock == "cpu" else time.perf_counter
-    names = list(nets)
-    times: dict[str, dict[str, list[float]]] = {n: {"forward": [], "forward_backward": []} for n in names}
-    modes = (("forward", forward, False), ("forward_backward", forward_backward, True))
-    try:
-        for mode, make, training in modes:
-            runs = {}
-            for name in names:
-                nets[name].train(training)  # once per mode: switching modes may drop cached filters
-                runs[name] = make(nets[name])
-            for rep in range(repeats + 1):  # the first repetition warms up and is dropped
-                for name in names:
-                    t0 = now()
-                    runs[name]()
-                    if rep:
-                        times[name][mode].append(now() - t0)
-    finally:
-        for net in nets.values():
-            net.eval()
-            net.zero_grad(set_to_none=True)
-    a, b = names
+    a, b = names = list(nets)
     result: dict[str, Any] = {
         "batch": int(x.shape[0]),
         "repeats": repeats,
         "clock": clock,
         "threads": torch.get_num_threads(),
+        **{name: {} for name in names},
     }
-    for name in names:
-        result[name] = {f"{mode}_ms": 1e3 * statistics.median(times[name][mode]) for mode, _, _ in modes}
-    for mode, _, _ in modes:
-        ratios = [tb / max(ta, 1e-12) for ta, tb in zip(times[a][mode], times[b][mode], strict=True)]
-        result[f"{mode}_ratio"] = statistics.median(ratios)
+    try:
+        for mode, make, training in (("forward", forward, False), ("forward_backward", forward_backward, True)):
+            for name in names:
+                nets[name].train(training)  # once per mode: switching modes may drop cached filters
+            samples = timing.interleaved({n: make(nets[n]) for n in names}, x.device, repeats, warmup=1, clock=clock)
+            for name, seconds in timing.medians(samples).items():
+                result[name][f"{mode}_ms"] = 1e3 * seconds
+            result[f"{mode}_ratio"] = statistics.median(timing.ratios(samples, a)[b])
+    finally:
+        for net in nets.values():
+            net.eval()
+            net.zero_grad(set_to_none=True)
     result["ratio"] = f"{b} / {a}"
     return result
 
@@ -448,17 +438,7 @@ def compare_config(
         backend_objs[name] = get_backend(name).with_options(**options[name])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            nets[name] = build_model(
-                name,
-                m.group,
-                in_channels=info.in_channels,
-                image_size=info.image_size,
-                num_classes=info.num_classes,
-                preset=m.preset,
-                layers=m.layers,
-                widths=m.widths,
-                backend_options=options[name],
-            )
+            nets[name] = build_model_from_config(config, info, backend=name, backend_options=options[name])
     source = str(config.source) if config.source is not None else None
     with torch.random.fork_rng(devices=[]):
         return compare_networks(
@@ -513,9 +493,7 @@ def format_report(report: CompareReport) -> list[str]:
             row.append(f"{_fmt(sa.equivariance_nonexact)}/{_fmt(sb.equivariance_nonexact)}")
         row += [_fmt(layer.transfer[ba]), _fmt(layer.transfer[ab]), _fmt(layer.residual[ab])]
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    lines += format_table([header, *rows])
     if nonexact:
         lines.append(f"non-exact elements: {', '.join(nonexact)} (interpolated, on smooth images; not judged)")
     t = report.timing

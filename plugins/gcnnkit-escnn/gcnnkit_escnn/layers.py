@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gcnnkit.core.group import Group
-from gcnnkit.core.layers import ACTIVATIONS, EquivariantConv, EquivariantLayer, plain_batch_norm
+from gcnnkit.core.layers import ACTIVATIONS, EquivariantConv, EquivariantLayer, eval_cached, plain_batch_norm
 from gcnnkit.core.transforms import transform_image
 from gcnnkit_escnn._compat import enn
 from gcnnkit_escnn.basis import complete_basis
@@ -50,8 +50,6 @@ from gcnnkit_escnn.spaces import escnn_group
 
 GeometricTensor = enn.GeometricTensor
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
-#: ``torch.compiler.is_compiling`` (torch >= 2.3), else dynamo's own flag.
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
 
 
 # ----------------------------------------------------------------------------- escnn modules
@@ -221,18 +219,10 @@ class EscnnConv(EscnnLayer, EquivariantConv):
         return _filter, _bias
 
     def _expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`expand`, cached in eval mode without autograd (recomputed when the weights change;
-        bypassed while ``torch.compile`` traces, so that graphs have no side effects)."""
-        if self.training or torch.is_grad_enabled() or _is_compiling():
-            self._cache = None
-            return self._conv_parameters()
+        """:meth:`expand`, cached in eval mode without autograd until the weights, bias or basis change
+        (:func:`~gcnnkit.core.layers.eval_cached`)."""
         sources = [t for t in (self.conv.weights, self.conv.bias, _block(self.conv).sampled_basis) if t is not None]
-        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources) + (self.channels_last,)
-        if self._cache is None or self._cache[0] != key:
-            # the cache keeps the source tensors alive: a replacement tensor (`.data =`, load_state_dict
-            # with assign=True) cannot reuse a freed address with version 0 and match the key
-            self._cache = (key, self._conv_parameters(), [t.detach() for t in sources])
-        return self._cache[1]
+        return eval_cached(self, sources, self._conv_parameters)
 
     def _conv_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`expand`, with the filter NHWC when ``channels_last``."""

@@ -21,12 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gcnnkit.core.group import Group
-from gcnnkit.core.layers import EquivariantConv
+from gcnnkit.core.layers import EquivariantConv, eval_cached
 from gcnnkit.core.layers import FieldBatchNorm as CoreFieldBatchNorm
 from gcnnkit_native.filters import disc_mask, group_conv_indices, interpolation_matrices, pixel_permutations
-
-#: ``torch.compiler.is_compiling`` (torch >= 2.3), else dynamo's own flag.
-_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
 
 class _GroupConvBase(EquivariantConv):
@@ -54,29 +51,13 @@ class _GroupConvBase(EquivariantConv):
         self.bias = nn.Parameter(torch.zeros(out_fields)) if bias else None
         if not group.exact:
             self.register_buffer("mask", disc_mask(kernel_size), persistent=False)
-        self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple | None = None
 
     def _expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Filter bank (NHWC with ``channels_last``) and per-channel bias; cached in eval mode without
-        grad (not while compiling)."""
-        if _is_compiling():
-            return self._bank(), self._expand_bias()
-        if self.training or torch.is_grad_enabled():
-            self._cache = None
-            return self._bank(), self._expand_bias()
-        w, b = self.weight, self.bias
-        key = (w._version, w.data_ptr(), w.device, w.dtype, self.channels_last)
-        if b is not None:
-            key += (b._version, b.data_ptr())
-        if self._cache is None or self._cache[0] != key:
-            # Keep the cached weight's (and bias's) storage alive: otherwise a replacement weight (`.data =`,
-            # load_state_dict(assign=True)) can get the freed address and version 0, matching the key.
-            # Detached: on C1 the bank is a view of the weight, and a view made without grad whose base is
-            # later changed in place (load_state_dict, an optimizer step) cannot be deep-copied.
-            bias = self._expand_bias()
-            bank_and_bias = (self._bank().detach(), None if bias is None else bias.detach())
-            self._cache = (key, *bank_and_bias, w.detach(), None if b is None else b.detach())
-        return self._cache[1], self._cache[2]
+        grad until the weight or bias changes (:func:`~gcnnkit.core.layers.eval_cached`)."""
+        sources = [self.weight] if self.bias is None else [self.weight, self.bias]
+        return eval_cached(self, sources, lambda: (self._bank(), self._expand_bias()))
 
     def filter_bank(self) -> torch.Tensor:
         """``[out_fields·|G|, in_channels_total, k, k]`` expanded filters (cached in eval mode)."""

@@ -8,6 +8,8 @@ from gcnnkit_rotations import C8, C16, D8, D16, cyclic, dihedral
 
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import cyclic_group, dihedral_group
+from gcnnkit.core.registry import get_backend
+from gcnnkit.core.transforms import transform_image
 from gcnnkit.testing import assert_equivariant, assert_group_axioms
 
 
@@ -32,9 +34,36 @@ def test_families_refuse_bad_orders(bad):
             family(bad)
 
 
-def test_rotating_an_image_by_the_exact_elements():
+def test_the_exact_elements_turn_and_mirror_images_exactly():
+    """The multiples of 90° and the mirrors are pixel permutations: r^(2k) is ``torch.rot90`` k times,
+    r^(2k) f the left-right mirror and then that turn (the conventions of docs/group-plugins.md)."""
     group = D8()
     exact = [g for g in range(group.order) if group.is_exact(g)]
     assert [group.element_names[g] for g in exact] == ["e", "r2", "r4", "r6", "f", "r2f", "r4f", "r6f"]
-    x = torch.randn(2, 1, 9, 9)
-    assert_equivariant(torch.nn.Identity(), group, FieldType("image", 1), FieldType("image", 1), x, elements=exact)
+    x = torch.randn(2, 1, 9, 9, generator=torch.Generator().manual_seed(0))
+    for k, (turn, mirror) in enumerate(zip(["e", "r2", "r4", "r6"], ["f", "r2f", "r4f", "r6f"], strict=True)):
+        assert torch.equal(transform_image(x, group, turn), torch.rot90(x, k, dims=(-2, -1))), turn
+        assert torch.equal(transform_image(x, group, mirror), torch.rot90(x.flip(-1), k, dims=(-2, -1))), mirror
+
+
+#: Largest relative error at the exact elements in float64: rounding for the native backend; escnn
+#: samples its filter bases in float32.
+TOLERANCE = {"native": 1e-12, "escnn": 1e-6}
+
+
+@pytest.mark.parametrize("backend", ["native", pytest.param("escnn", marks=pytest.mark.escnn)])
+@pytest.mark.parametrize("factory", [C8, D8])
+def test_convolutions_on_the_groups_are_equivariant_at_the_exact_elements(factory, backend):
+    """What the plugin is for: a lifting and a group convolution built on its group by a backend."""
+    if backend == "escnn":
+        pytest.importorskip("escnn")
+    group, layers = factory(), get_backend(backend)
+    image, fields = FieldType("image", 1), FieldType("group", 2)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        layers.lifting_conv(group, image, 2, 5, padding=2), layers.group_conv(group, fields, 2, 3, padding=1)
+    )
+    net = net.double().eval()
+    x = torch.randn(2, 1, 11, 11, dtype=torch.float64)
+    exact = [g for g in range(group.order) if group.is_exact(g)]
+    assert_equivariant(net, group, image, fields, x, tolerance=TOLERANCE[backend], elements=exact)
