@@ -35,10 +35,10 @@ from gcnnkit.core.errors import ConfigError
 from gcnnkit.models.presets import get_preset
 from gcnnkit.models.spec import parse_layers
 from gcnnkit.run.data import AUGMENTATIONS, PROTOCOLS, RESIZE_MODES, canonical_name, native_image_size
+from gcnnkit.run.precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
-PRECISIONS = ("none", "bf16", "fp16")
 WIDTHS = ("params", "fields")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 

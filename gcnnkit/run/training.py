@@ -40,6 +40,7 @@ from gcnnkit.run import distributed
 from gcnnkit.run.config import Config, config_differences, load_config
 from gcnnkit.run.data import Dataset, augment_batch, load_dataset
 from gcnnkit.run.evaluation import evaluate
+from gcnnkit.run.precision import Precision
 from gcnnkit.run.rundir import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -67,6 +68,7 @@ class RunSummary:
     wall_time_s: float  # from the start of train(): build, data, training, evaluation; summed over resumes
     device: str
     seed: int
+    precision: str  # of the training forward pass: fp32, bf16 or fp16
     backend: str
     group: str
     preset: str | None
@@ -130,31 +132,6 @@ def lr_factor(config: Config, step: int, steps_per_epoch: int) -> float:
         frac = min(1.0, (step - warm) / max(1, total - warm))
         return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * frac))
     return 1.0
-
-
-class _Precision:
-    """``torch.autocast`` (bf16/fp16) and, for fp16, a ``GradScaler``."""
-
-    def __init__(self, mode: str, device: torch.device):
-        if mode == "fp16" and device.type != "cuda":
-            raise ConfigError(
-                f"train.mixed_precision: fp16 needs a CUDA device, but the device is {device}; use bf16 or none"
-            )
-        self.mode, self.device = mode, device
-        self.scaler = torch.amp.GradScaler("cuda") if mode == "fp16" else None
-
-    def autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mode)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
-
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
 
 
 def rng_state() -> dict[str, Any]:
@@ -274,7 +251,9 @@ def _train(
     run_dir, config, checkpoint = distributed.on_main(lambda: _open_run(config, out_dir, resume), ctx)
     started = time.perf_counter()
 
-    precision = _Precision(config.train.mixed_precision, device)
+    precision = Precision.for_config(
+        config.train.mixed_precision, device, checkpoint.get("precision") if checkpoint is not None else None
+    )
     if config.train.batch_size < ctx.world_size:
         raise ConfigError(
             f"train.batch_size: {config.train.batch_size} is the batch of one step over all {ctx.world_size} "
@@ -310,7 +289,7 @@ def _train(
     log(
         f"{config.model.group} {config.model.backend} {config.model.preset or 'custom layers'}: "
         f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train / {len(data.test)} test, "
-        f"{where}, run dir {run_dir}"
+        f"{where}, {precision.name} ({precision.reason}), run dir {run_dir}"
     )
 
     record: dict[str, Any] = {}
@@ -364,6 +343,7 @@ def _train(
         wall_time_s=elapsed_before + time.perf_counter() - started,
         device=where,
         seed=config.seed,
+        precision=precision.name,
         backend=config.model.backend,
         group=config.model.group,
         preset=config.model.preset,
@@ -385,7 +365,7 @@ def _checkpoint_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    precision: _Precision,
+    precision: Precision,
 ) -> dict[str, Any]:
     """Everything needed to resume after ``epoch``: state dicts and plain values only."""
     return {
@@ -395,6 +375,7 @@ def _checkpoint_state(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": precision.scaler.state_dict() if precision.scaler is not None else {},
+        "precision": precision.mode,
         "rng": rng_state(),
         "config": config.to_dict(),
         "normalisation": {"mean": data.mean.tolist(), "std": data.std.tolist()},
@@ -406,7 +387,7 @@ def _restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    precision: _Precision,
+    precision: Precision,
 ) -> None:
     """Load a checkpoint's state into freshly built training objects."""
     model.load_state_dict(checkpoint["model"])
@@ -424,7 +405,7 @@ def _train_epoch(
     epoch: int,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    precision: _Precision,
+    precision: Precision,
     device: torch.device,
     ctx: distributed.Context = distributed.SINGLE,
 ) -> tuple[float, float]:
