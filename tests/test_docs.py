@@ -768,6 +768,29 @@ def test_markers_must_sit_on_a_block(tmp_path):
         parse_page(page)
 
 
+def test_without_makes_modules_unimportable():
+    attempt = "try:\n    import json\nexcept ImportError:\n    print('blocked')\n"
+    script = BLOCKER.format(blocked=["json"]) + attempt
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "blocked", result.stderr
+
+
+def test_a_block_may_not_touch_the_repository(tmp_path):
+    run = PageRun(ROOT / "README.md", tmp_path)
+    block = BLOCKS[0]
+    (run.repo / "runs").mkdir()
+    (run.repo / "runs" / "x.json").write_text("{}")  # new files outside docs/: fine
+    assert_committed_files_untouched(run, block)
+    (run.repo / "docs" / "examples" / "gcnnkit-hexflip" / "build").mkdir()
+    (run.repo / "docs" / "examples" / "gcnnkit-hexflip" / "build" / "x").write_text("")
+    with pytest.raises(AssertionError, match="left files in the repository's docs/"):
+        assert_committed_files_untouched(run, block)
+    shutil.rmtree(run.repo / "docs" / "examples" / "gcnnkit-hexflip" / "build")
+    (run.repo / "configs" / "digits_c4.yaml").write_text("seed: 1\n")
+    with pytest.raises(AssertionError, match="configs/digits_c4.yaml"):
+        assert_committed_files_untouched(run, block)
+
+
 def test_true_comments_become_assertions():
     assert _true_asserted("x = 1\nx == 1  # True: yes\n") == "x = 1\nassert x == 1, 'x == 1'  # True: yes\n"
 
@@ -852,3 +875,44 @@ def test_cli_md_shows_the_help_examples():
         in_help = {line for page, line in help_examples() if page == command}
         on_page = {x.strip() for b in shown for x in b.text.splitlines() if x.startswith(f"gcnnkit {command} ")}
         assert in_help and on_page == in_help, (command, on_page ^ in_help)
+
+
+# ------------------------------------------------------------------------------------ the errors table
+#: The inputs of docs/configuration.md's error table that are not a YAML mapping: the file's text.
+ERROR_TABLE_FILES = {
+    "duplicate `seed:`": "seed: 0\nseed: 1\n",
+    "a file that is a list": "- seed\n",
+    "missing file": None,  # the path does not exist
+}
+
+
+def test_the_error_table_of_configuration_md(tmp_path, monkeypatch):
+    """Every row of the error table is the one line that input gets (config, model or data)."""
+    from gcnnkit.core.errors import GcnnkitError
+    from gcnnkit.run.config import load_config
+    from gcnnkit.run.data import load_dataset
+    from gcnnkit.run.rundir import build_model_from_config
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    table = text[text.index("## Errors") : text.index("## Python")]
+    rows = re.findall(r"^\| (.+?) \| `(.+)` \|$", table, flags=re.M)
+    assert len(rows) >= 15, rows
+    monkeypatch.chdir(tmp_path)  # no data/ folder here
+    for n, (given, message) in enumerate(rows):
+        path = tmp_path / f"row{n}.yaml"
+        if given in ERROR_TABLE_FILES:
+            content = ERROR_TABLE_FILES[given]
+            if content is None:
+                path = tmp_path / "nonexist.yaml"
+            else:
+                path.write_text(content, encoding="utf-8")
+        else:
+            path.write_text(re.match(r"`(.+?)`", given)[1] + "\n", encoding="utf-8")
+        with pytest.raises(GcnnkitError) as info:
+            config = load_config(path)
+            build_model_from_config(config)
+            load_dataset(config.data)
+        expected = message.replace("<file>", str(path)) if "<file>" in message else message
+        if given == "missing file":
+            expected = message.replace("nonexist.yaml", str(path))
+        assert str(info.value) == expected, given
