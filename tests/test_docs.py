@@ -34,7 +34,7 @@ Markers: HTML comments (invisible on the rendered page), one per line, directly 
     ``<!-- docs-test: cuda -->``            needs a CUDA device: skipped without one
     ``<!-- docs-test: append ARGS -->``     ARGS appended to every command of the block that starts
                                             with ``gcnnkit``, ``python`` or ``torchrun`` (shrinks
-                                            a long run; the reader sees what the test changes)
+                                            a long run; visible in the page's source)
     ``<!-- docs-test: save PATH -->``       the block is also written to PATH (in ``repo/``)
     ``<!-- docs-test: fragment REASON -->`` yaml that is part of a config: only parsed
     ``<!-- docs-test: file PATH -->``       the block is the file PATH (relative to ``repo/``), as
