@@ -4,19 +4,22 @@ Usage (from the repository root)::
 
     python benchmarks/build_time.py                          # every preset, C4 and D4, both backends
     python benchmarks/build_time.py --groups C4,D4,C8,C16,D16 --presets c4cnn-gdl --backends escnn \
-        --out benchmarks/results/build-cpu-largest.json
+        --out runs/benchmarks/build-cpu-largest.json
     python benchmarks/build_time.py --escnn-basis complete --backends escnn \
-        --out benchmarks/results/build-cpu-complete.json
+        --out runs/benchmarks/build-cpu-complete.json
 
 ``gcnnkit bench`` reports the median of several builds in one process, after the backend's own
 caches (escnn's groups, irreps and sampled bases) are warm. A user's first model pays for those
 caches, so this script starts one process per (backend, group, preset) and times, in it: importing
 torch, gcnnkit and the backend (``import_s``), the first ``build_model`` (``first_build_s``) and a
-second identical one (``second_build_s``). escnn's Clebsch–Gordan cache on disk (joblib, under
-``~/.cache``) is warm after the first run on a machine; ``first_build_s`` is otherwise cold.
+second identical one (``second_build_s``). escnn's Clebsch–Gordan cache on disk (joblib, in
+``escnn/group/_cache`` inside the installed package) is warm after the first run on a machine;
+``first_build_s`` is otherwise cold.
 
-Writes ``--out`` (default ``benchmarks/results/build-<device>.json``), prints a Markdown table and
-checks the target of issue 5: every preset builds in under 5 s on either backend (first build).
+Writes ``--out`` (default ``runs/benchmarks/build-cpu.json``, under the working directory and not
+tracked by git; the committed reports in ``benchmarks/results/`` are replaced only when ``--out``
+names them), prints a Markdown table and checks the target of issue 5: every preset builds in
+under 5 s on either backend (first build).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+#: Where the report goes without ``--out``: under the working directory, not in the committed benchmarks/results/.
+DEFAULT_OUT = Path("runs") / "benchmarks" / "build-cpu.json"
 TARGET_S = 5.0
 
 _CHILD = r"""
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "--escnn-basis", default="default", choices=["default", "escnn", "complete"], help="escnn backend_options.basis"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in each process (default: 1)")
-    parser.add_argument("--out", default=None, help="JSON report (default: benchmarks/results/build-cpu.json)")
+    parser.add_argument("--out", default=None, help="JSON report (default: runs/benchmarks/build-cpu.json)")
     args = parser.parse_args(argv)
 
     presets = list(PRESETS) if args.presets == "all" else args.presets.split(",")
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/build_time.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "results": rows,
     }
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "build-cpu.json"
+    out = Path(args.out) if args.out else DEFAULT_OUT
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
 

@@ -8,10 +8,11 @@ Usage (from the repository root)::
 
 Every preset runs on every installed backend: gcnnkit's own presets on ``--groups`` at
 ``--sizes``, the published architectures on the group and image size they were published for.
-Writes the JSON report (``--out``, default ``benchmarks/results/<device>.json``), prints the
-tables of ``gcnnkit bench`` and a Markdown table of the ratios (as in ``docs/benchmarks.md``),
-and says whether the targets hold: native ≤ 1.05× the floor in train mode and the export
-≤ 1.02× in eval mode, for gcnn-small on C4 at batch 64, 28×28.
+Writes the JSON report (``--out``, default ``runs/benchmarks/<device>.json`` under the working
+directory, not tracked by git: the committed reports in ``benchmarks/results/`` are replaced only
+when ``--out`` names them), prints the tables of ``gcnnkit bench`` and a Markdown table of the
+ratios (as in ``docs/benchmarks.md``), and says whether the targets hold: native ≤ 1.05× the
+floor in train mode and the export ≤ 1.02× in eval mode, for gcnn-small on C4 at batch 64, 28×28.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from gcnnkit.tools.bench import (
     summary_table,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+#: Where reports go without ``--out``: under the working directory, not in the committed benchmarks/results/.
+DEFAULT_OUT_DIR = Path("runs") / "benchmarks"
 TARGETS = {"native": ("train", 1.05), "export": ("eval", 1.02)}
 TARGET_CASE = {"model": "gcnn-small", "group": "C4", "image_size": 28, "batch_size": 64}
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=CLOCKS, default="wall")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-per-layer", action="store_true", help="skip the per-layer timings")
-    parser.add_argument("--out", default=None, help="JSON report (default: benchmarks/results/<device>.json)")
+    parser.add_argument("--out", default=None, help="JSON report (default: runs/benchmarks/<device>.json)")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report["command"] = "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"{device.type}.json")
+    out = Path(args.out or DEFAULT_OUT_DIR / f"{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_report(report))

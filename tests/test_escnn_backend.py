@@ -572,6 +572,33 @@ def test_missing_escnn_is_a_one_line_import_error_and_other_plugins_keep_working
     assert "pip install --no-deps escnn==1.0.11" in lines["REPORT"]
 
 
+def test_a_leftover_escnn_folder_is_reported_as_escnn_missing(tmp_path):
+    """``pip uninstall escnn`` leaves ``escnn/group/_cache`` (written by escnn, unknown to pip): a folder
+    without ``__init__.py``, which Python imports as a namespace package. The plugin must then ask
+    for escnn itself, not for escnn's dependencies."""
+    leftover = tmp_path / "site"
+    (leftover / "escnn" / "group" / "_cache").mkdir(parents=True)
+    (leftover / "escnn" / "group" / "_cache" / "cg.pkl").write_bytes(b"")
+    code = (
+        "import importlib.machinery, sys\n"
+        "class Leftover:  # escnn resolves to the leftover folder only\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name == 'escnn': return importlib.machinery.PathFinder.find_spec(name, [{str(leftover)!r}])\n"
+        "sys.meta_path.insert(0, Leftover())\n"
+        "try:\n"
+        "    import gcnnkit_escnn\n"
+        "except ImportError as exc:\n"
+        "    print('IMPORT:' + str(exc))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    message = out.stdout.split("IMPORT:", 1)[1].strip()
+    assert message.startswith("the escnn backend needs escnn, which is not installed (only the folder ")
+    assert str(leftover / "escnn") in message
+    assert message.endswith("install it with: pip install --no-deps escnn==1.0.11")
+    assert "dependencies" not in message and "\n" not in message
+
+
 def test_pyproject_does_not_depend_on_escnn():
     from pathlib import Path
 

@@ -30,10 +30,10 @@ def main() -> None:
 
     \b
     Quick start:
-      gcnnkit check configs/digits_c4.yaml      # is the network equivariant?
-      gcnnkit train configs/digits_c4.yaml      # train and test (upright, rotated, rot90)
-      gcnnkit eval runs/<run>                   # re-evaluate a run
-      gcnnkit plugins                           # installed backends and groups
+      gcnnkit check configs/digits_c4.yaml                 # is the network equivariant?
+      gcnnkit train configs/digits_c4.yaml --out runs/c4   # train and test (upright, rotated, rot90)
+      gcnnkit eval runs/c4                                 # re-evaluate the run
+      gcnnkit plugins                                      # installed backends and groups
 
     Errors in configs or inputs print one line "error: ..." and exit with code 2.
     """

@@ -38,9 +38,9 @@ def command(
 
     \b
     Examples:
-      gcnnkit export runs/digits_c4 --format torchscript --out model.ts
-      gcnnkit export runs/digits_c4 --format onnx --out model.onnx --include-normalisation
-      gcnnkit export runs/digits_c4 --format state --out model.pt   # state dict + architecture
+      gcnnkit export runs/c4 --format torchscript --out model.ts
+      gcnnkit export runs/c4 --format onnx --out model.onnx --include-normalisation
+      gcnnkit export runs/c4 --format state --out model.pt   # state dict + architecture
     """
     from pathlib import Path
 

@@ -18,8 +18,27 @@ import warnings
 #: The command that installs escnn without building py3nj.
 INSTALL_COMMAND = "pip install --no-deps escnn==1.0.11"
 
-if importlib.util.find_spec("escnn") is None:
-    raise ImportError(f"the escnn backend needs escnn, which is not installed; install it with: {INSTALL_COMMAND}")
+
+def _escnn_missing() -> str | None:
+    """Why escnn cannot be used, or None when a real escnn package is there.
+
+    A folder ``escnn/`` without ``__init__.py`` is a namespace package to Python, not escnn: what
+    ``pip uninstall escnn`` leaves behind when escnn wrote files into its own package that pip did
+    not install (the disk cache ``escnn/group/_cache``). Importing it "works" until the first real
+    module, so it is reported here as escnn missing, naming the leftover folder.
+    """
+    spec = importlib.util.find_spec("escnn")
+    if spec is None:
+        return "which is not installed"
+    if spec.origin is None:  # a namespace package: only folders, no escnn/__init__.py
+        folders = ", ".join(str(p) for p in (spec.submodule_search_locations or []))
+        return f"which is not installed (only the folder {folders} is left, e.g. from an uninstall; it can be deleted)"
+    return None
+
+
+_missing = _escnn_missing()
+if _missing is not None:
+    raise ImportError(f"the escnn backend needs escnn, {_missing}; install it with: {INSTALL_COMMAND}")
 
 try:
     with warnings.catch_warnings():
