@@ -96,6 +96,26 @@ def test_device_errors_are_one_line():
         assert "\n" not in str(info.value)
 
 
+def test_precisions_time_every_contender_in_each_against_the_fp32_floor():
+    cases = preset_cases(["gcnn-tiny"], "C4", ["native"])
+    report = run_bench(
+        cases, batch_sizes=[2], sizes=[12], repeats=1, warmup=0, min_time=0.0, build_repeats=1, per_layer=False,
+        precisions=["bf16"],
+    )  # fmt: skip
+    (entry,) = report["results"]
+    assert entry["precisions"] == ["fp32", "bf16"] == report["settings"]["precisions"]  # fp32: the floor
+    assert set(entry["ratio_to_floor"]) == {"native", EXPORT, "floor@bf16", "native@bf16", f"{EXPORT}@bf16"}
+    assert set(entry["ratio_to_floor"]["native@bf16"]) == {"eval", "train"}
+    assert entry["peak_memory_bytes"]["train"]["native@bf16"] < entry["peak_memory_bytes"]["train"]["native"]
+    text = format_report(report)
+    assert "native bf16" in text and "floor bf16" in text and "export (native) bf16" in text
+    for bad in (["fp8"], [], ["bf16", "bf16"]):
+        with pytest.raises(GcnnkitError, match="--precisions: .* is not allowed; allowed: distinct values of fp32"):
+            run_bench(cases, batch_sizes=[2], sizes=[12], precisions=bad)
+    with pytest.raises(GcnnkitError, match="fp16 needs a CUDA device"):
+        run_bench(cases, batch_sizes=[2], sizes=[12], precisions=["fp16"])
+
+
 def test_report_has_ratios_per_contender_and_mode_and_per_layer():
     cases = preset_cases(["gcnn-tiny"], "C4", ["native"])
     report = run_bench(cases, batch_sizes=[2], sizes=[12], repeats=2, warmup=1, min_time=0.0, build_repeats=1)

@@ -27,9 +27,11 @@ def amx(monkeypatch):
     return set_flags
 
 
-def test_auto_is_bf16_on_a_cpu_with_amx_and_fp32_without(amx):
+def test_auto_is_bf16_on_a_cpu_with_bf16_instructions_and_fp32_without(amx, monkeypatch):
     amx(True)
     assert prec.resolve_precision("auto", CPU) == ("bf16", "auto: the CPU has AMX (amx_bf16)")
+    monkeypatch.setattr(prec, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert prec.resolve_precision("auto", CPU) == ("bf16", "auto: the CPU has AVX-512 BF16 (avx512_bf16)")
     amx(False)
     assert prec.resolve_precision("auto", CPU) == ("none", "auto: no fast bf16 on cpu")
 

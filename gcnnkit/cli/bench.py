@@ -52,6 +52,13 @@ from gcnnkit.tools.bench import CLOCKS, DEFAULT_GROUP, DEFAULT_REPEATS
 @click.option(
     "--channels-last", is_flag=True, help="Every contender (models, floor, export, input) in NHWC memory format."
 )
+@click.option(
+    "--precisions",
+    default="fp32",
+    show_default=True,
+    help="Comma-separated: fp32, bf16, fp16 (CUDA). Each contender runs in each, the forward pass under autocast "
+    "as in training; every ratio is to the fp32 floor.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report (ratios under ratio_to_floor).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON report to this file.")
 def command(
@@ -70,6 +77,7 @@ def command(
     clock: str,
     threads: int | None,
     channels_last: bool,
+    precisions: str,
     as_json: bool,
     out: str | None,
 ) -> None:
@@ -125,6 +133,7 @@ def command(
         export=export,
         clock=clock,
         channels_last=channels_last,
+        precisions=[p.strip() for p in precisions.split(",") if p.strip()],
         log=lambda msg: click.echo(msg, err=True),
     )
     if out:

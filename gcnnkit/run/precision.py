@@ -1,9 +1,10 @@
 """Mixed precision for training: which autocast dtype a run uses, and why.
 
 ``train.mixed_precision`` is ``none`` (float32), ``bf16``, ``fp16`` (CUDA only, with a gradient scaler)
-or ``auto``: bf16 where the hardware runs it fast — a CPU with AMX (``amx_bf16``) or a CUDA device
-that supports bf16 — else float32. Only the training forward pass runs under autocast; the loss,
-the optimiser step, evaluation and ``gcnnkit check`` stay in float32.
+or ``auto``: bf16 where the hardware runs it fast — a CPU with bf16 matrix instructions (AMX,
+``amx_bf16``, or AVX-512 BF16, ``avx512_bf16``) or a CUDA device that supports bf16 — else float32.
+Only the training forward pass runs under autocast; the loss, the optimiser step, evaluation and
+``gcnnkit check`` stay in float32.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def fast_bf16(device: torch.device) -> str | None:
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return f"CUDA device {torch.cuda.get_device_name(device)} supports bf16"
         return None
-    if device.type == "cpu" and "amx_bf16" in _cpu_flags() and torch.backends.mkldnn.is_available():
-        return "the CPU has AMX (amx_bf16)"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():  # oneDNN runs bf16 convolutions
+        flags = _cpu_flags()
+        if "amx_bf16" in flags:
+            return "the CPU has AMX (amx_bf16)"
+        if "avx512_bf16" in flags:
+            return "the CPU has AVX-512 BF16 (avx512_bf16)"
     return None
 
 

@@ -205,15 +205,29 @@ def config_cases(paths: Sequence[str], overrides: Sequence[str] = (), backends: 
 
 
 # ------------------------------------------------------------------------------ steps
-def _eval_step(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+#: Precisions ``--precisions`` accepts: float32, and the forward pass under bf16/fp16 autocast.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _forward(module: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """``module(x)``, under autocast for ``bf16``/``fp16`` (as ``gcnnkit train`` runs its forward pass)."""
+    dtype = _AUTOCAST.get(precision)
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        return module(x)
+
+
+def _eval_step(module: nn.Module, x: torch.Tensor, precision: str = "fp32") -> Callable[[], Any]:
     def step():
         with torch.no_grad():
-            return module(x)
+            return _forward(module, x, precision)
 
     return step
 
 
-def _train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor | None = None) -> Callable[[], Any]:
+def _train_step(
+    module: nn.Module, x: torch.Tensor, grad: torch.Tensor | None = None, precision: str = "fp32"
+) -> Callable[[], Any]:
     params = [p for p in module.parameters() if p.requires_grad]
 
     def step():
@@ -221,7 +235,7 @@ def _train_step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor | None = 
             p.grad = None
         if x.requires_grad:
             x.grad = None
-        out = module(x)
+        out = _forward(module, x, precision).float()
         if grad is None:
             out.sum().backward()
         else:
@@ -242,6 +256,12 @@ class _Contender:
     x: torch.Tensor  # input for this contender (model or layer)
     modes: tuple[str, ...] = MODES
     grad: torch.Tensor | None = None  # output gradient for layer-level train steps
+    precision: str = "fp32"
+
+    def step(self, mode: str) -> Callable[[], Any]:
+        if mode == "eval":
+            return _eval_step(self.module, self.x, self.precision)
+        return _train_step(self.module, self.x, self.grad, self.precision)
 
 
 @dataclass
@@ -259,6 +279,7 @@ class _Settings:
     clock: str
     log: Callable[[str], None]
     channels_last: bool = False
+    precisions: Sequence[str] = ("fp32",)
 
 
 def _quartiles(values: Sequence[float]) -> list[float]:
@@ -276,9 +297,7 @@ def _interleaved(
     the quartiles of those ratios (their spread shows how noisy the machine was)."""
     active = [c for c in contenders if mode in c.modes]
     _set_mode((c.module for c in active), mode)
-    steps = {
-        c.name: (_eval_step(c.module, c.x) if mode == "eval" else _train_step(c.module, c.x, c.grad)) for c in active
-    }
+    steps = {c.name: c.step(mode) for c in active}
     samples = timing.interleaved(steps, st.device, st.repeats, warmup=st.warmup, min_time=st.min_time, clock=st.clock)
     per_rep = timing.ratios(samples, FLOOR)
     return timing.medians(samples), timing.medians(per_rep), {name: _quartiles(r) for name, r in per_rep.items()}
@@ -326,6 +345,7 @@ def run_bench(
     clock: str = "wall",
     log: Callable[[str], None] | None = None,
     channels_last: bool = False,
+    precisions: Sequence[str] = ("fp32",),
 ) -> dict[str, Any]:
     """Benchmark ``cases`` against their floor; returns a JSON-able report.
 
@@ -343,8 +363,22 @@ def run_bench(
         channels_last: every contender in ``torch.channels_last`` (NHWC): the models through
             :meth:`~gcnnkit.models.network.EquivariantNet.set_channels_last`, the floor and the export with
             NHWC weights, and the input batch NHWC.
+        precisions: ``fp32`` and/or ``bf16``/``fp16`` (the forward pass under autocast, as in training).
+            Every contender runs in each, named ``<contender>@bf16`` beyond fp32 (``floor@bf16``,
+            ``native@bf16``, ``export@bf16``), and every ratio is to the fp32 floor, so the ratios of
+            one precision to another read off directly. Per-layer times are fp32 only.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions or len(set(precisions)) != len(precisions):
+        raise GcnnkitError(
+            f"--precisions: {','.join(precisions)!r} is not allowed; allowed: distinct values of "
+            f"{', '.join(PRECISIONS)}"
+        )
+    if "fp32" not in precisions:
+        precisions = ("fp32", *precisions)  # the floor every ratio refers to
+    if "fp16" in precisions and dev.type != "cuda":
+        raise GcnnkitError("--precisions fp16 needs a CUDA device (autocast float16 on the CPU is not a speed path)")
     if repeats < 1:
         raise GcnnkitError(f"--repeats must be >= 1, got {repeats}")
     if any(b < 1 for b in batch_sizes) or not batch_sizes:
@@ -355,7 +389,7 @@ def run_bench(
         raise GcnnkitError("--clock cpu measures CPU time and cannot time a CUDA device; use --clock wall")
     st = _Settings(
         dev, list(batch_sizes), repeats, per_layer, export, memory, warmup, min_time, build_repeats, seed, clock,
-        log or (lambda _msg: None), channels_last,
+        log or (lambda _msg: None), channels_last, tuple(precisions),
     )  # fmt: skip
     report: dict[str, Any] = {
         "device": str(dev),
@@ -371,6 +405,7 @@ def run_bench(
             "clock": "cuda events" if dev.type == "cuda" else clock,
             "per_layer": per_layer,
             "channels_last": channels_last,
+            "precisions": list(precisions),
         },
         "memory_method": None,
         "results": [],
@@ -435,16 +470,20 @@ def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> lis
         x = torch.randn(batch, case.in_channels, size, size, generator=gen).to(st.device)
         if st.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        contenders = [_Contender(FLOOR, floor, x)]
-        contenders += [_Contender(b, nets[b], x) for b in backends]
-        if plain is not None:
-            contenders.append(_Contender(EXPORT, plain, x, modes=("eval",)))
+        contenders = []
+        for precision in st.precisions:  # every contender in every precision, against the one fp32 floor
+            tag = "" if precision == "fp32" else f"@{precision}"
+            contenders.append(_Contender(FLOOR + tag, floor, x, precision=precision))
+            contenders += [_Contender(b + tag, nets[b], x, precision=precision) for b in backends]
+            if plain is not None:
+                contenders.append(_Contender(EXPORT + tag, plain, x, modes=("eval",), precision=precision))
         entry: dict[str, Any] = {
             "model": case.name,
             "group": case.group,
             "image_size": size,
             "batch_size": batch,
             "backends": backends,
+            "precisions": list(st.precisions),
             "export_of": backends[0] if plain is not None else None,
             "params": params,
             "build_time_s": build_time,
@@ -475,7 +514,7 @@ def _memory(contenders: Sequence[_Contender], dev: torch.device) -> dict[str, di
             if mode not in c.modes:
                 continue
             c.module.train(mode == "train")
-            step = _eval_step(c.module, c.x) if mode == "eval" else _train_step(c.module, c.x, c.grad)
+            step = c.step(mode)
             step()  # caches (eval filter banks, cudnn plans) are built before measuring
             out[mode][c.name] = peak_memory(step, dev)
     return out
@@ -555,12 +594,15 @@ def format_report(report: dict[str, Any], layers: bool = True) -> str:
             f"{entry['model']} on {entry['group']}, {entry['image_size']}x{entry['image_size']}, "
             f"batch {entry['batch_size']}"
         )
-        names = [FLOOR, *entry["backends"]] + ([EXPORT] if entry.get("export_of") else [])
+        base = [FLOOR, *entry["backends"]] + ([EXPORT] if entry.get("export_of") else [])
+        names = [n + ("" if p == "fp32" else f"@{p}") for p in entry.get("precisions", ["fp32"]) for n in base]
         mem = entry.get("peak_memory_bytes") or {}
         header = ("", "eval ms", "x floor", "train ms", "x floor", "peak MiB eval", "peak MiB train", "build s")
         rows = []
         for n in names:
-            label = f"export ({entry['export_of']})" if n == EXPORT else n
+            kind, _, precision = n.partition("@")
+            label = f"export ({entry['export_of']})" if kind == EXPORT else kind
+            label += f" {precision}" if precision else ""
             rows.append(
                 (
                     label,
@@ -570,7 +612,7 @@ def format_report(report: dict[str, Any], layers: bool = True) -> str:
                     "1.000" if n == FLOOR else _spread(entry, n, "train"),
                     _mib(mem.get("eval", {}).get(n)),
                     _mib(mem.get("train", {}).get(n)),
-                    f"{entry['build_time_s'].get(n, float('nan')):.3f}",
+                    f"{entry['build_time_s'].get(kind, float('nan')):.3f}",
                 )
             )
         lines += format_table([header, *rows], "<>")
