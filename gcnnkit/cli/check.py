@@ -62,11 +62,21 @@ def _print_table(report) -> None:
         header.append("interpolated (smooth input)")
     for line in format_table([(*header, ""), *rows]):
         click.echo(line)
-    verdict = "equivariant" if report.passed else "NOT equivariant"
     d = report.to_dict()
-    line = (
+    exact = ", ".join(report.exact_elements)
+    if report.passed:
+        verdict = "equivariant" if not report.interpolated_elements else f"exactly equivariant at {exact}"
+    else:
+        verdict = "NOT equivariant"
+    click.echo(
         f"{verdict}: worst relative error {report.max_error:.2e} in {d['worst_layer']} at element {d['worst_element']}"
     )
-    if show_interp:
-        line += f"; interpolated elements up to {report.max_interpolated_error:.2e} (not judged)"
-    click.echo(line)
+    if report.interpolated_elements:
+        approx = ", ".join(report.interpolated_elements)
+        if show_interp:
+            click.echo(
+                f"only approximately equivariant at {approx} (rotations off the pixel grid, interpolated): "
+                f"up to {report.max_interpolated_error:.2e} on smooth input (not judged)"
+            )
+        else:
+            click.echo(f"not measured (--elements exact): {approx}, only approximately equivariant (interpolated)")

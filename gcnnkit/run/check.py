@@ -28,8 +28,12 @@ class EquivarianceReport:
     image_shape: tuple[int, int, int]
     tolerance: float
     results: list[EquivarianceResult]
-    elements: str = "all"
-    num_parameters: int = 0  # "all", or "exact": only the elements that permute pixels
+    elements: str = "all"  # "all", or "exact": only the elements that permute pixels
+    num_parameters: int = 0
+    #: names of the elements that permute pixels (rotations by multiples of 90°, reflections): judged
+    exact_elements: tuple[str, ...] = ()
+    #: names of the elements that interpolate (e.g. 72° in C5): only approximately equivariant
+    interpolated_elements: tuple[str, ...] = ()
 
     @property
     def worst(self) -> EquivarianceResult:
@@ -66,6 +70,8 @@ class EquivarianceReport:
             "num_parameters": self.num_parameters,
             "tolerance": self.tolerance,
             "elements": self.elements,
+            "exact_elements": list(self.exact_elements),
+            "interpolated_elements": list(self.interpolated_elements),
             "passed": self.passed,
             "max_rel_error": self.max_error,
             "max_interpolated_rel_error": self.max_interpolated_error,
@@ -113,4 +119,6 @@ def check_equivariance(
         results,
         elements,
         model.num_parameters(),
+        tuple(group.element_names[g] for g in exact),
+        tuple(group.element_names[g] for g in interpolated),
     )

@@ -74,6 +74,8 @@ class ModelConfig:
     layers: list | None = option(None, "list", nullable=True)
     widths: str | None = option(None, "str", choices=WIDTHS, nullable=True)
     backend_options: dict = option({}, "mapping")
+    #: build even when a stride or pool samples the pixel grid off its centre (gcnnkit.models.grid)
+    allow_non_equivariant: bool = option(False, "bool")
 
 
 @dataclass

@@ -112,6 +112,7 @@ def build_model_from_config(
         layers=m.layers,
         widths=m.widths,
         backend_options=backend_options,
+        allow_non_equivariant=m.allow_non_equivariant,
     )
     _probe(model, info)
     return model
