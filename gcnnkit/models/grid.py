@@ -14,7 +14,8 @@ non-trivial rotation or reflection, whatever the weights: a 2×2/stride-2 pool o
 3×3/stride-2 convolution with padding 1 on a 16×16 one. (One exception: a pool with a single
 window that covers the whole map pools globally and is exact wherever it starts.)
 :func:`grid_problem` walks a layer spec from the image size and names the first layer that
-breaks the condition, so the network is refused before it is built (``model.allow_non_equivariant: true`` builds it anyway).
+breaks the condition, so the network is refused before it is built
+(``model.allow_non_equivariant: true`` builds it anyway).
 """
 
 from __future__ import annotations
