@@ -38,6 +38,7 @@ import torch
 from gcnnkit.core.backend import BACKEND_API_VERSION, Backend
 from gcnnkit.core.errors import PluginError
 from gcnnkit.core.group import GROUP_API_VERSION, Group, GroupAxiomError, check_group_axioms
+from gcnnkit.core.limits import check_group_order
 
 ENTRY_POINT_GROUPS = {"backend": "gcnnkit.backends", "group": "gcnnkit.groups"}
 API_VERSIONS = {"backend": BACKEND_API_VERSION, "group": GROUP_API_VERSION}
@@ -244,6 +245,8 @@ class Registry:
                 info.error = problem
             return PluginError(f"{where}{sep}{problem}")
 
+        if n is not None:
+            check_group_order(name, n)  # before a family builds C100000's 10^10-entry Cayley table
         try:
             obj = self._instantiate(info, raw, n)
         except PluginError as exc:

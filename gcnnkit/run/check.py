@@ -103,7 +103,7 @@ def check_equivariance(
     seed = config.seed if seed is None else seed
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
         torch.manual_seed(seed)
-        model = build_model_from_config(config, info).eval()
+        model = build_model_from_config(config, info, purpose="check").eval()
     group = model.group
     exact = [g for g in range(group.order) if group.is_exact(g)]
     interpolated = [g for g in range(group.order) if not group.is_exact(g)]
