@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gcnnkit.cli._common import set_option, to_json
+from gcnnkit.cli._common import require_tolerance, set_option, to_json
 from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
 from gcnnkit.tools.table import format_table
 
@@ -32,6 +32,7 @@ def command(config: str, overrides: tuple[str, ...], tolerance: float, elements:
     from gcnnkit.run.check import check_equivariance
     from gcnnkit.run.config import load_config
 
+    require_tolerance(tolerance)
     report = check_equivariance(load_config(config, overrides), tolerance=tolerance, elements=elements)
     if as_json:
         click.echo(to_json(report.to_dict()))

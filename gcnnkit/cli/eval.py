@@ -3,6 +3,8 @@ function of the rotation angle (``--rotation-sweep``, optionally drawn with ``--
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from gcnnkit.cli._common import to_json
@@ -76,6 +78,12 @@ def command(
     if protocols:
         raise GcnnkitError("--protocol and --rotation-sweep do not go together: the sweep turns the upright test set")
     step = 5.0 if step is None else step
+    if not (math.isfinite(step) and 0 < step <= 360):
+        raise GcnnkitError(f"--step {step!r}: expected an angle in degrees > 0 and <= 360, e.g. 5")
+    if plot is not None:
+        from gcnnkit.run.paths import check_output_path
+
+        check_output_path(plot, "--plot", folder=False)
     results = [rotation_sweep_run(d, step, device=device, test_size=test_size) for d in run_dirs]
     if plot is not None:
         from gcnnkit.tools.plots import plot_rotation_sweep

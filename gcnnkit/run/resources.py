@@ -65,12 +65,11 @@ class Estimate:
         return (self.group_order + 1) * per_element
 
 
-def model_specs(config: Config, info: DatasetInfo) -> list[LayerSpec]:
-    """The validated layers ``config.model`` builds for ``info``'s images (a preset's or the list)."""
-    m = config.model
-    if m.preset is not None:
-        return parse_layers(get_preset(m.preset).layers(info.image_size, info.in_channels), where=f"preset {m.preset}")
-    return parse_layers(m.layers)
+def model_specs(preset: str | None, layers: list | None, image_size: int, in_channels: int) -> list[LayerSpec]:
+    """The validated layers a preset (or a layer list) builds for ``[in_channels, image_size, image_size]`` images."""
+    if preset is not None:
+        return parse_layers(get_preset(preset).layers(image_size, in_channels), where=f"preset {preset}")
+    return parse_layers(layers)
 
 
 def estimate(
@@ -150,8 +149,8 @@ def check_time(est: Estimate, *, batch: int = 2) -> None:
 def config_estimate(config: Config, info: DatasetInfo, group_order: int) -> Estimate:
     """:func:`estimate` for ``config.model`` on ``info``'s images."""
     m = config.model
-    widths = m.widths or "fields"
-    return estimate(model_specs(config, info), group_order, info.in_channels, info.image_size, info.num_classes, widths)
+    specs = model_specs(m.preset, m.layers, info.image_size, info.in_channels)
+    return estimate(specs, group_order, info.in_channels, info.image_size, info.num_classes, m.widths or "fields")
 
 
 #: what :func:`check_model_resources` judges: training on ``train.batch_size`` images, inference on

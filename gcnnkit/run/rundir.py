@@ -198,6 +198,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def require_finite_weights(state: dict[str, Any], where: Path) -> None:
+    """Refuse weights with NaN or infinite values: a diverged model tests at chance, silently."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise GcnnkitError(
+                f"{where}: weight {name!r} holds {bad} non-finite value(s) (NaN or inf): the run diverged; "
+                f"it will not be evaluated or exported (retrain with a lower train.lr)"
+            )
+
+
 def new_run_dir(config: Config, out_dir: str | Path | None = None) -> Path:
     """``out_dir`` (must not hold a run yet), or ``runs/<config-stem>-<YYYYmmdd-HHMMSS>``; not created yet."""
     if out_dir is not None:
@@ -279,6 +290,7 @@ def load_run(
     info = dataset_info(data_cfg)
     test = load_dataset(data_cfg, seed=config.seed).test if with_data else None
     model = build_model_from_config(config, info, purpose="eval")
+    require_finite_weights(checkpoint["model"], run_dir / CHECKPOINT_FILE)
     model.load_state_dict(checkpoint["model"])
     model.eval()
     if with_data or device is not None:

@@ -34,9 +34,11 @@ import torch
 from torch import nn
 
 from gcnnkit.core.errors import GcnnkitError, UnsupportedGroupError
-from gcnnkit.core.registry import loadable_backends
+from gcnnkit.core.registry import get_group, loadable_backends
 from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.models.presets import get_preset
 from gcnnkit.run import rundir
+from gcnnkit.run.resources import check_memory, estimate, model_specs
 from gcnnkit.tools import timing
 from gcnnkit.tools.export import export_model, flatten_field, floor_model, plain_layers
 from gcnnkit.tools.table import format_table
@@ -428,13 +430,38 @@ def run_bench(
     return report
 
 
+def _require_memory(case: BenchCase, size: int, st: _Settings) -> None:
+    """Refuse a case whose training step on the largest batch would not fit (:mod:`gcnnkit.run.resources`)."""
+    specs = model_specs(case.preset, case.layers, size, case.in_channels)
+    widths = case.widths or (get_preset(case.preset).widths if case.preset else "fields")
+    est = estimate(specs, get_group(case.group).order, case.in_channels, size, case.num_classes, widths)
+    check_memory(est, batch=max(st.batch_sizes), training=True, what=f"{case.name} at {size}×{size}")
+
+
+@torch.no_grad()
+def _require_runs(net: nn.Module, case: BenchCase, backend: str, size: int, batch: int) -> None:
+    """A one-line error now, not a traceback mid-benchmark, when the model cannot take a
+    ``[batch, C, size, size]`` input in training mode (a map pooled to nothing, batch norm on 1 value)."""
+    x = torch.zeros(batch, case.in_channels, size, size)
+    try:
+        net.train()(x)
+    except (RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise GcnnkitError(
+            f"{case.name} on {backend} cannot run on [{batch}, {case.in_channels}, {size}, {size}] input in training "
+            f"mode ({reason}); give larger --sizes or --batch-sizes"
+        ) from None
+
+
 def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> list[dict[str, Any]]:
     backends, first_build = [], {}
+    _require_memory(case, size, st)
     for backend in case.backends:
         try:
             t0 = time.perf_counter()
-            case.build(backend, size)
+            net = case.build(backend, size)
             first_build[backend] = time.perf_counter() - t0
+            _require_runs(net, case, backend, size, min(st.batch_sizes))
         except UnsupportedGroupError as exc:
             skipped.append({"model": case.name, "backend": backend, "image_size": size, "reason": str(exc)})
             st.log(f"skipped {case.name} on {backend}: {exc}")
@@ -450,6 +477,7 @@ def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> lis
     t0 = time.perf_counter()
     floor = floor_model(first)
     build_time[FLOOR] = time.perf_counter() - t0
+    _require_runs(floor, case, FLOOR, size, min(st.batch_sizes))
     plain = None
     if st.export:
         t0 = time.perf_counter()
