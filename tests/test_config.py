@@ -24,6 +24,7 @@ DEFAULTS = {
         "layers": None,
         "widths": "params",
         "backend_options": {},
+        "allow_non_equivariant": False,
     },
     "data": {
         "name": "digits",
