@@ -5,7 +5,7 @@ memory or time halfway (see :mod:`gcnnkit.run.resources` for the estimates):
 
 * ``GCNNKIT_MAX_MEMORY_GB``: memory a model may need (parameters, filter banks, optimiser state,
   activations of one batch); default half the physical memory.
-* ``GCNNKIT_MAX_GROUP_ORDER``: largest group a family builds (``C1000``); default 128.
+* ``GCNNKIT_MAX_GROUP_ORDER``: largest ``N`` a group family builds (``C1000``, ``D1000``); default 128.
 * ``GCNNKIT_MAX_CHECK_SECONDS``: estimated time of ``gcnnkit check``; default 600.
 
 A limit is a positive number; ``inf`` switches it off.
@@ -64,13 +64,14 @@ def max_check_seconds() -> float:
     return _read(CHECK_SECONDS_ENV, DEFAULT_CHECK_SECONDS)
 
 
-def check_group_order(name: str, order: int) -> None:
-    """Refuse to build a group of more than ``GCNNKIT_MAX_GROUP_ORDER`` elements (its Cayley table
-    alone is ``order²`` entries), in one line naming the limit and how to raise it."""
+def check_group_order(name: str, n: int) -> None:
+    """Refuse to build member ``name`` of a group family (``C{N}``, ``D{N}``) when its ``N`` exceeds
+    ``GCNNKIT_MAX_GROUP_ORDER`` (its Cayley table alone has ``|G|²`` entries), in one line naming the
+    limit and how to raise it."""
     limit = max_group_order()
-    if order > limit:
+    if n > limit:
         raise ConfigError(
-            f"group {name!r} has {order} elements, more than the limit of {limit:g} (memory and time of "
-            f"every layer grow with the order, its Cayley table with its square); set "
-            f"{GROUP_ORDER_ENV}={order} to build it anyway"
+            f"group {name!r}: N = {n} is more than the limit of {limit:g} (memory and time of every layer "
+            f"grow with the group's order, its Cayley table with its square); set {GROUP_ORDER_ENV}={n} "
+            f"to build it anyway"
         )

@@ -27,6 +27,8 @@ from gcnnkit.models.spec import LayerSpec
 
 #: Layer types that change the side of the feature map.
 RESAMPLING = ("lift", "gconv", "pool")
+#: Layer types after which there is no map left
+POOLED = ("global_pool", "orbit_pool", "linear")
 
 
 def resolve_padding(padding: int | str, kernel: int, dilation: int) -> int:
@@ -98,6 +100,8 @@ def first_off_centre(specs: Sequence[LayerSpec], image_size: int) -> int | None:
     Layers after the map has shrunk to nothing are not judged (the build reports that).
     """
     for i, (spec, size) in enumerate(zip(specs, map_sizes(specs, image_size), strict=True)):
+        if spec.type in POOLED:  # no map after these: a later pool is refused by the build
+            return None
         window = Window.of(spec)
         if window is None or size < 1 or window.output_size(size) < 1:
             continue

@@ -198,6 +198,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def load_weights(model: EquivariantNet, checkpoint: dict[str, Any], where: Path) -> None:
+    """Load ``checkpoint["model"]`` into ``model``; a missing, mismatched or non-finite state is one line."""
+    state = checkpoint.get("model")
+    if not isinstance(state, dict):
+        raise GcnnkitError(f"{where}: the checkpoint has no model weights (no 'model' state dict)")
+    require_finite_weights(state, where)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise GcnnkitError(
+            f"{where}: the weights do not fit the model its config.yaml describes ({first[:200]})"
+        ) from None
+
+
 def require_finite_weights(state: dict[str, Any], where: Path) -> None:
     """Refuse weights with NaN or infinite values: a diverged model tests at chance, silently."""
     for name, value in state.items():
@@ -290,8 +305,7 @@ def load_run(
     info = dataset_info(data_cfg)
     test = load_dataset(data_cfg, seed=config.seed).test if with_data else None
     model = build_model_from_config(config, info, purpose="eval")
-    require_finite_weights(checkpoint["model"], run_dir / CHECKPOINT_FILE)
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint, run_dir / CHECKPOINT_FILE)
     model.eval()
     if with_data or device is not None:
         model.to(resolve_device(device or config.device))

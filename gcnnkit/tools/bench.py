@@ -383,6 +383,8 @@ def run_bench(
         raise GcnnkitError("--precisions fp16 needs a CUDA device (autocast float16 on the CPU is not a speed path)")
     if repeats < 1:
         raise GcnnkitError(f"--repeats must be >= 1, got {repeats}")
+    if not (min_time >= 0 and min_time < float("inf")):
+        raise GcnnkitError(f"--min-time must be a finite number of seconds >= 0, got {min_time}")
     if any(b < 1 for b in batch_sizes) or not batch_sizes:
         raise GcnnkitError(f"--batch-sizes: every batch size must be >= 1, got {list(batch_sizes)}")
     if clock not in CLOCKS:
