@@ -40,7 +40,9 @@ def read_corpus() -> list[tuple[str, int, str, str]]:
     for n, line in enumerate(CORPUS.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        case_id, code, fragment, command = line.split("\t")
+        fields = line.split("\t")
+        assert len(fields) == 4, f"{CORPUS.name}:{n}: expected id, exit code, fragment, command (tab-separated)"
+        case_id, code, fragment, command = fields
         cases.append((case_id, int(code), fragment, command))
     return cases
 
