@@ -103,3 +103,28 @@ def test_every_committed_config_keeps_its_grid_centred():
         m, channels = config.model, dataset_info(config.data).in_channels
         layers = m.layers if m.preset is None else get_preset(m.preset).layers(config.data.image_size, channels)
         assert grid_problem(parse_layers(layers), config.data.image_size, m.group, 2) is None, path.name
+
+
+def test_check_names_exact_and_approximate_elements(tmp_path):
+    """C5 holds exactly only at e; C8 at its rot90 subgroup; both say so, and which elements are approximate."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from gcnnkit.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(TINY_CONFIG))
+    for group, exact, approx in (("C5", "e", "r1, r2, r3, r4"), ("C8", "e, r2, r4, r6", "r1, r3, r5, r7")):
+        result = CliRunner().invoke(main, ["check", str(path), "--set", f"model.group={group}"])
+        assert result.exit_code == 0, result.output
+        last = result.stdout.splitlines()[-2:]
+        assert last[0].startswith(f"exactly equivariant at {exact}: worst relative error"), last
+        assert last[1].startswith(f"only approximately equivariant at {approx} (rotations off the pixel grid"), last
+        data = json.loads(
+            CliRunner().invoke(main, ["check", str(path), "--set", f"model.group={group}", "--json"]).stdout
+        )
+        assert ", ".join(data["exact_elements"]) == exact and ", ".join(data["interpolated_elements"]) == approx
+    result = CliRunner().invoke(main, ["check", str(path), "--set", "model.group=C8", "--elements", "exact"])
+    assert result.stdout.splitlines()[-1].startswith("not measured (--elements exact): r1, r3, r5, r7")
