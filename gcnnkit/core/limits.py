@@ -5,7 +5,7 @@ memory or time halfway (see :mod:`gcnnkit.run.resources` for the estimates):
 
 * ``GCNNKIT_MAX_MEMORY_GB``: memory a model may need (parameters, filter banks, optimiser state,
   activations of one batch); default half the physical memory.
-* ``GCNNKIT_MAX_GROUP_ORDER``: largest ``N`` a group family builds (``C1000``, ``D1000``); default 128.
+* ``GCNNKIT_MAX_GROUP_ORDER``: largest ``N`` of a group family member (``C{N}``, ``D{N}``); default 4096.
 * ``GCNNKIT_MAX_CHECK_SECONDS``: estimated time of ``gcnnkit check``; default 600.
 
 A limit is a positive number; ``inf`` switches it off.
@@ -22,7 +22,7 @@ MEMORY_ENV = "GCNNKIT_MAX_MEMORY_GB"
 GROUP_ORDER_ENV = "GCNNKIT_MAX_GROUP_ORDER"
 CHECK_SECONDS_ENV = "GCNNKIT_MAX_CHECK_SECONDS"
 
-DEFAULT_GROUP_ORDER = 128
+DEFAULT_GROUP_ORDER = 4096
 DEFAULT_CHECK_SECONDS = 600.0
 #: the default memory limit, as a fraction of the physical memory
 DEFAULT_MEMORY_FRACTION = 0.5
