@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from gcnnkit.core.errors import ConfigError
+from gcnnkit.core.errors import ConfigError, GcnnkitError
 from gcnnkit.core.registry import plugin_distributions
 from gcnnkit.run import distributed
 from gcnnkit.run.config import Config, config_differences, load_config
@@ -53,6 +53,7 @@ from gcnnkit.run.rundir import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     CONFIG_FILE,
+    METRICS_FILE,
     SUMMARY_FILE,
     build_model_from_config,
     check_checkpoint,
@@ -360,8 +361,7 @@ def _train(
                 state["elapsed_s"] = elapsed_before + time.perf_counter() - started
                 state["metrics"] = history
                 with signals.deferred():  # a signal now waits until checkpoint and metrics are both written
-                    save_checkpoint(run_dir / CHECKPOINT_FILE, state)
-                    write_metrics(run_dir, history)
+                    _save(run_dir, state, history, done)
             done = guard.saved_epoch = epoch
             tests = "  ".join(f"{p} {a:.4f}" for p, a in accuracy.items())
             log(
@@ -398,6 +398,29 @@ def _train(
         write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
     log(summary.line())
     return summary
+
+
+def _save(run_dir: Path, state: dict[str, Any], history: list[dict[str, Any]], saved_epoch: int) -> None:
+    """Write the checkpoint, then the metrics file from the history it carries. A failed write (a full
+    disk) is one line; both writes are atomic, so the previous files stay intact."""
+    epoch, failed = state["epoch"], "checkpoint"
+    try:
+        save_checkpoint(run_dir / CHECKPOINT_FILE, state)
+        failed = "metrics"
+        write_metrics(run_dir, history)
+    except OSError as exc:
+        for name in (CHECKPOINT_FILE, METRICS_FILE):  # the half-written temporary file, if any
+            run_dir.joinpath(name + ".tmp").unlink(missing_ok=True)
+        why = exc.strerror or str(exc)
+        if failed == "metrics":
+            raise GcnnkitError(
+                f"{run_dir}: saved the checkpoint of epoch {epoch} but could not rewrite {METRICS_FILE} ({why}); "
+                f"free space and continue with --resume, which rewrites it"
+            ) from None
+        kept = f"the checkpoint of epoch {saved_epoch} is intact" if saved_epoch else "no checkpoint was written"
+        raise GcnnkitError(
+            f"{run_dir}: could not save epoch {epoch} ({why}); {kept}; free space and continue with --resume"
+        ) from None
 
 
 def _checkpoint_state(
