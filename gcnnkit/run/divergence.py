@@ -3,7 +3,8 @@
 A learning rate far too high (or an overflow in reduced precision) makes the loss NaN or
 infinite; training on would only write non-finite weights over the last good checkpoint.
 :class:`DivergenceGuard` looks at every step's loss and at the weights after every epoch, and
-raises :class:`~gcnnkit.core.errors.DivergenceError` (exit code 3) with one line: the epoch,
+raises :class:`~gcnnkit.core.errors.DivergenceError` (exit code 3) with one line (so does an
+optimizer update too large to store, see :meth:`DivergenceGuard.optimizer_step`): the epoch,
 the step, what was non-finite, where the last finite checkpoint is, and what to try.
 
 The loss check costs no synchronisation on an accelerator or across processes: the first
@@ -15,7 +16,8 @@ the same combined flag, so all of them stop at the same step.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -66,6 +68,17 @@ class DivergenceGuard:
         self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
         if step % self.every == 0 or step == self._steps:
             self._check_loss(loss)
+
+    @contextmanager
+    def optimizer_step(self, step: int) -> Iterator[None]:
+        """Around step ``step``'s update: an update too large for the weights' dtype (torch's "cannot be
+        converted ... without overflow", e.g. Adam with lr 1e308) is divergence too, not a traceback."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if "overflow" not in str(exc):
+                raise
+            self._stop(f"the optimizer's update overflowed at epoch {self._epoch}, step {step} of {self._steps}")
 
     def _check_loss(self, loss: torch.Tensor) -> None:
         flag = (self._first_bad >= 0).long()

@@ -30,6 +30,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -417,10 +418,12 @@ def _save(run_dir: Path, state: dict[str, Any], history: list[dict[str, Any]], s
                 f"{run_dir}: saved the checkpoint of epoch {epoch} but could not rewrite {METRICS_FILE} ({why}); "
                 f"free space and continue with --resume, which rewrites it"
             ) from None
-        kept = f"the checkpoint of epoch {saved_epoch} is intact" if saved_epoch else "no checkpoint was written"
-        raise GcnnkitError(
-            f"{run_dir}: could not save epoch {epoch} ({why}); {kept}; free space and continue with --resume"
-        ) from None
+        then = (
+            f"the checkpoint of epoch {saved_epoch} is intact; free space and continue with --resume"
+            if saved_epoch
+            else "no checkpoint was written; free space and start the run again"
+        )
+        raise GcnnkitError(f"{run_dir}: could not save epoch {epoch} ({why}); {then}") from None
 
 
 def _checkpoint_state(
@@ -516,7 +519,8 @@ def _train_epoch(
             logits = model(x)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        precision.step(loss * weight, optimizer)  # weight 1 in a single process
+        with guard.optimizer_step(step) if guard is not None else nullcontext():
+            precision.step(loss * weight, optimizer)  # weight 1 in a single process
         scheduler.step()
         if guard is not None:
             guard.observe(step, loss)
