@@ -318,8 +318,8 @@ def _train(
             group["lr"] = base * lr_factor(config, scheduler.last_epoch, steps_per_epoch)
         first_epoch, elapsed_before = checkpoint["epoch"] + 1, checkpoint["elapsed_s"]
         history = checkpoint.get("metrics")
-        if history is None and main:  # a checkpoint from before the history moved into it
-            history = salvage_metrics(run_dir, first_epoch)
+        if history is None:  # a checkpoint from before the history moved into it
+            history = salvage_metrics(run_dir, first_epoch) if main else []
         log(f"resuming {run_dir} after epoch {checkpoint['epoch']} of {config.train.epochs}")
     if main:
         write_metrics(run_dir, history)  # a fresh run starts an empty file; a resumed one holds the checkpoint's epochs
