@@ -114,6 +114,20 @@ def test_the_guard_reads_the_loss_flag_every_n_steps_and_names_the_first_bad_ste
     assert "(epoch 4)" in str(err.value) and "train.mixed_precision: none; now bf16" in str(err.value)
 
 
+def test_non_finite_optimizer_state_is_divergence_too(tmp_path):
+    """Adam's second moments can overflow while the weights stay finite; such a state is not saved either."""
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([param])
+    param.grad = torch.tensor([1.0, 1e30, 1.0])  # squared: inf in float32
+    optimizer.step()
+    guard = DivergenceGuard(tmp_path, lr=1e6, precision="fp32", device=torch.device("cpu"))
+    guard.start_epoch(3, steps=7)
+    with pytest.raises(
+        DivergenceError, match=r"the optimizer state holds inf after epoch 3 \(exp_avg_sq of parameter 0\)"
+    ):
+        guard.check_weights({"w": param.detach()}, optimizer)
+
+
 def test_first_nonfinite_names_the_tensor():
     state = {"a": torch.ones(2), "steps": torch.tensor(3), "b": torch.tensor([0.0, -float("inf")])}
     assert first_nonfinite(state) == ("b", "inf")

@@ -92,12 +92,23 @@ class DivergenceGuard:
         where = f"step {step} of {self._steps}" if step > 0 else f"by step {self._steps} of {self._steps}"
         self._stop(f"the training loss became {what} at epoch {self._epoch}, {where}")
 
-    def check_weights(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Stop if any weight or buffer of ``state`` (a model's state dict) is non-finite."""
+    def check_weights(self, state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Stop if any weight or buffer of ``state`` (a model's state dict), or any tensor of the
+        optimizer's state (e.g. Adam's second moments), is non-finite: none of it may be saved."""
         bad = first_nonfinite(state)
         if bad is not None:
             name, what = bad
             self._stop(f"the weights hold {what} after epoch {self._epoch} ({name})")
+        if optimizer is not None:
+            moments = {
+                f"{key} of parameter {index}": value
+                for index, per_param in optimizer.state_dict()["state"].items()
+                for key, value in per_param.items()
+            }
+            bad = first_nonfinite(moments)
+            if bad is not None:
+                name, what = bad
+                self._stop(f"the optimizer state holds {what} after epoch {self._epoch} ({name})")
 
     def _stop(self, what: str) -> None:
         kept = (

@@ -340,7 +340,7 @@ def _train(
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             loss, acc = _train_epoch(net, data, config, epoch, optimizer, scheduler, precision, device, ctx, guard)
-            guard.check_weights(model.state_dict())  # before evaluating or saving them
+            guard.check_weights(model.state_dict(), optimizer)  # before evaluating or saving them
             distributed.sync_state(model, ctx)  # every process evaluates the weights rank 0 saves
             accuracy = evaluate(
                 model,
