@@ -78,6 +78,8 @@ class DivergenceGuard:
         except RuntimeError as exc:
             if "overflow" not in str(exc):
                 raise
+            if int(self._first_bad) >= 0:  # the loss went first, between two reads of the flag
+                self._stop(f"the training loss became non-finite at epoch {self._epoch}, {self._where()}")
             self._stop(f"the optimizer's update overflowed at epoch {self._epoch}, step {step} of {self._steps}")
 
     def _check_loss(self, loss: torch.Tensor) -> None:
@@ -86,11 +88,14 @@ class DivergenceGuard:
             (flag,) = distributed.all_sum([flag], self.ctx, self.device)
         if int(flag) == 0:
             return
-        step = int(self._first_bad)
         value = loss.detach().float()
         what = "nan" if bool(torch.isnan(value)) else ("inf" if not bool(torch.isfinite(value)) else "non-finite")
-        where = f"step {step} of {self._steps}" if step > 0 else f"by step {self._steps} of {self._steps}"
-        self._stop(f"the training loss became {what} at epoch {self._epoch}, {where}")
+        self._stop(f"the training loss became {what} at epoch {self._epoch}, {self._where()}")
+
+    def _where(self) -> str:
+        """``step S of N``: this process's first non-finite step (another process may have seen one first)."""
+        step = int(self._first_bad)
+        return f"step {step} of {self._steps}" if step > 0 else f"within {self._steps} steps"
 
     def check_weights(self, state: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
         """Stop if any weight or buffer of ``state`` (a model's state dict), or any tensor of the
