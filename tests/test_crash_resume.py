@@ -292,7 +292,9 @@ def test_resume_of_a_checkpoint_without_history_salvages_the_readable_lines(tiny
     metrics = tiny_run_copy / "metrics.jsonl"
     first = metrics.read_text().splitlines(keepends=True)[0]
     metrics.write_text(_cut_last_line(metrics.read_text()))
-    train(Config.from_dict(merge(TINY_CONFIG, {"train": {"epochs": 3}})), tiny_run_copy, resume=True, log=None)
+    lines = []
+    train(Config.from_dict(merge(TINY_CONFIG, {"train": {"epochs": 3}})), tiny_run_copy, resume=True, log=lines.append)
+    assert "metrics.jsonl: no readable line for epochs [2] (an older checkpoint without its history)" in lines
     records = read_metrics(tiny_run_copy)
     assert [m["epoch"] for m in records] == [1, 3] and metrics_line(records[0]) == first
 

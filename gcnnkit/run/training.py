@@ -317,10 +317,13 @@ def _train(
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base * lr_factor(config, scheduler.last_epoch, steps_per_epoch)
         first_epoch, elapsed_before = checkpoint["epoch"] + 1, checkpoint["elapsed_s"]
+        log(f"resuming {run_dir} after epoch {checkpoint['epoch']} of {config.train.epochs}")
         history = checkpoint.get("metrics")
         if history is None:  # a checkpoint from before the history moved into it
             history = salvage_metrics(run_dir, first_epoch) if main else []
-        log(f"resuming {run_dir} after epoch {checkpoint['epoch']} of {config.train.epochs}")
+            lost = sorted(set(range(1, first_epoch)) - {m["epoch"] for m in history})
+            if lost:
+                log(f"{METRICS_FILE}: no readable line for epochs {lost} (an older checkpoint without its history)")
     if main:
         write_metrics(run_dir, history)  # a fresh run starts an empty file; a resumed one holds the checkpoint's epochs
         write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
