@@ -366,6 +366,7 @@ def _train(
                 state["metrics"] = history
                 with signals.deferred():  # a signal now waits until checkpoint and metrics are both written
                     _save(run_dir, state, history, done)
+                    done = guard.saved_epoch = epoch  # before a deferred signal is raised
             done = guard.saved_epoch = epoch
             tests = "  ".join(f"{p} {a:.4f}" for p, a in accuracy.items())
             log(
