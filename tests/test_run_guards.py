@@ -168,6 +168,23 @@ def test_signals_are_deferred_while_a_checkpoint_is_written():
         assert written and err.value.exit_code == 143 and err.value.signal_name == "SIGTERM"
 
 
+def test_a_sigterm_during_the_save_lets_it_finish_then_stops(tmp_path, monkeypatch):
+    original = training.save_checkpoint
+
+    def save_and_get_terminated(path, state):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the save
+        original(path, state)
+
+    monkeypatch.setattr(training, "save_checkpoint", save_and_get_terminated)
+    lines = []
+    with pytest.raises(Interrupted) as err:
+        train(tiny(), tmp_path / "run", log=lines.append)
+    assert err.value.exit_code == 143
+    assert lines[-1].startswith(f"interrupted by SIGTERM after 1 of 2 epochs (saved in {tmp_path / 'run'})")
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["epoch"] == 1
+    assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1]  # written too, before the stop
+
+
 def test_train_restores_the_previous_signal_handlers(tmp_path):
     def mine(signum, frame):
         pass
