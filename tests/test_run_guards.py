@@ -143,6 +143,12 @@ def test_metrics_lines_are_strict_json_even_for_non_finite_values(tmp_path):
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
 
 
+def test_reading_a_garbled_metrics_file_is_one_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "tr')
+    with pytest.raises(GcnnkitError, match=r"metrics.jsonl: line 2 is not JSON \(.*\); --resume rewrites the file$"):
+        read_metrics(tmp_path)
+
+
 def test_a_fresh_run_starts_an_empty_metrics_file(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

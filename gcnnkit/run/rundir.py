@@ -278,11 +278,19 @@ def new_run_dir(config: Config, out_dir: str | Path | None = None) -> Path:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` (empty when there is none)."""
+    """The records of ``metrics.jsonl`` (empty when there is none); a line that is not JSON is a
+    one-line :class:`GcnnkitError` (gcnnkit writes the file atomically; ``--resume`` rewrites it)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as exc:
+                raise GcnnkitError(f"{path}: line {number} is not JSON ({exc}); --resume rewrites the file") from None
+    return records
 
 
 # ----------------------------------------------------------------------------- reading
