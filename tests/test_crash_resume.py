@@ -5,7 +5,8 @@ Real ``gcnnkit train`` processes are killed (SIGKILL at chosen points and at ran
 SIGTERM, SIGHUP) on the tiny digits job, then resumed (or, with no checkpoint yet, started again
 as the message advises) until they finish; the result must be ``torch.equal`` to an uninterrupted
 run's, and ``metrics.jsonl`` must hold epochs 1..N exactly once, each line strict JSON.
-The random kills are ``slow``.
+The tests that start real processes are ``slow`` (each runs a few seconds of training, twice);
+the in-process ones (damaged metrics files, a full disk) run by default.
 """
 
 from __future__ import annotations
@@ -207,7 +208,11 @@ def _train_until_epoch_1(config: Path, run_dir: Path, *extra: str) -> subprocess
 
 
 @pytest.mark.parametrize(
-    ("signum", "code"), [(signal.SIGTERM, 143), pytest.param(signal.SIGHUP, 129, marks=pytest.mark.slow)]
+    ("signum", "code"),
+    [
+        pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),
+        pytest.param(signal.SIGHUP, 129, marks=pytest.mark.slow),
+    ],
 )
 def test_sigterm_and_sighup_save_print_the_resume_hint_and_resume_exactly(
     signum, code, crash_config, reference, tmp_path
