@@ -135,6 +135,8 @@ class BenchCase:
     widths: str | None = None
     image_size: int | None = None
     backend_options: dict[str, dict] = field(default_factory=dict)
+    #: a config's ``model.allow_non_equivariant``: build off-centre strides and pools too
+    allow_non_equivariant: bool = False
 
     def build(self, backend: str, image_size: int) -> EquivariantNet:
         return build_model(
@@ -147,6 +149,7 @@ class BenchCase:
             layers=self.layers,
             widths=self.widths,
             backend_options=self.backend_options.get(backend),
+            allow_non_equivariant=self.allow_non_equivariant,
         )
 
 
@@ -201,6 +204,7 @@ def config_cases(paths: Sequence[str], overrides: Sequence[str] = (), backends: 
                 widths=m.widths,
                 image_size=info.image_size,
                 backend_options={m.backend: dict(m.backend_options)},
+                allow_non_equivariant=m.allow_non_equivariant,
             )
         )
     return cases
