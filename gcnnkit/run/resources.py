@@ -4,7 +4,8 @@ before anything is built.
 :func:`estimate` walks the layer spec from the image size (no tensors are made) and counts, for a
 group-convolution network on the regular representation (an upper bound for every backend):
 
-* parameters: ``F_out·C_in·k²`` for a lift, ``F_out·F_in·|G|·k²`` for a group convolution;
+* parameters: ``F_out·C_in·k²`` for a lift, ``F_out·F_in·|G|·k²`` for a group convolution, plus
+  biases, batch-norm and linear parameters (exactly the native backend's count);
 * filter banks: the expanded ``[F_out·|G|, C_in(·|G|), k, k]`` kernels a convolution builds;
 * activations: every layer's output for one image, ``channels·H·W``;
 * forward FLOPs per image, ``2·C_out·C_in·k²·H_out·W_out`` per convolution plus building its bank.
@@ -87,7 +88,7 @@ def estimate(
             out_fields = num_classes if p["out"] == "classes" else field_count(p["out"], group, widths)
             k2 = p["kernel"] ** 2
             in_values = fields if kind == "image" else fields * group_order
-            params += out_fields * in_values * k2
+            params += out_fields * in_values * k2 + (out_fields if p["bias"] else 0)
             bank = out_fields * group_order * in_values * k2
             banks += bank
             flops += 2 * bank * out_size * out_size + 2 * bank * k2
@@ -100,7 +101,7 @@ def estimate(
             fields, kind = fields * size * size, "vector"
         elif spec.type == "linear":
             out = num_classes if p["out"] == "classes" else p["out"]
-            params += fields * out
+            params += fields * out + (out if p["bias"] else 0)
             flops += 2 * fields * out
             fields = out
         elif spec.type in ("batchnorm", "layernorm"):
