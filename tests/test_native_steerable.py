@@ -149,3 +149,23 @@ def test_a_network_with_steerable_fields_builds_and_is_equivariant_on_native():
     ]
     for result in check_network(net, (1, 11, 11)):
         assert result.max_error <= 1e-10, result.name
+
+
+def test_continuous_groups_are_refused_by_the_native_backend_in_one_line():
+    from gcnnkit.core.errors import UnsupportedGroupError
+    from gcnnkit.core.group import Group, cyclic_group
+    from gcnnkit.models.network import build_network
+    from gcnnkit.models.spec import parse_layers
+
+    class Sampled(Group):  # what a continuous-group plugin (SO(2) on its samples) looks like to a backend
+        continuous = True
+
+    c8 = cyclic_group(8)
+    so2 = Sampled("SO2", c8.element_names, c8.matrices, api_version=1, representations=c8.representations)
+    specs = parse_layers([{"type": "lift", "out": {"irrep(1)": 2}}, "group_pool", "global_pool"])
+    with pytest.raises(UnsupportedGroupError) as info:
+        build_network(specs, get_backend("native"), so2, 1, 2)
+    assert str(info.value) == (
+        "backend 'native' does not support group SO2: it is continuous, and the native backend builds filter "
+        "banks for finite groups only; use model.backend=escnn"
+    )
