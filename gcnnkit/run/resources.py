@@ -5,7 +5,8 @@ before anything is built.
 group-convolution network on the regular representation (an upper bound for every backend):
 
 * parameters: ``F_out·C_in·k²`` for a lift, ``F_out·F_in·|G|·k²`` for a group convolution, plus
-  biases, batch-norm and linear parameters (exactly the native backend's count);
+  biases, batch-norm and linear parameters (exactly the native backend's count for regular
+  fields; steerable fields ``{representation: count}`` are counted as regular ones, an upper bound);
 * filter banks: the expanded ``[F_out·|G|, C_in(·|G|), k, k]`` kernels a convolution builds;
 * activations: every layer's output for one image, ``channels·H·W``;
 * forward FLOPs per image, ``2·C_out·C_in·k²·H_out·W_out`` per convolution plus building its bank.
@@ -20,6 +21,7 @@ Each refusal is one line naming the estimate, the limit and how to raise it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -85,7 +87,13 @@ def estimate(
         out_size = max(window.output_size(size), 0) if window is not None else size
         p = spec.params
         if spec.type in ("lift", "gconv"):
-            out_fields = num_classes if p["out"] == "classes" else field_count(p["out"], group, widths)
+            out = p["out"]
+            if out == "classes":
+                out_fields = num_classes
+            elif isinstance(out, Mapping):  # {representation: fields}: each field has at most |G| values
+                out_fields = sum(v for v in out.values() if isinstance(v, int))
+            else:
+                out_fields = field_count(out, group, widths)
             k2 = p["kernel"] ** 2
             in_values = fields if kind == "image" else fields * group_order
             params += out_fields * in_values * k2 + (out_fields if p["bias"] else 0)
