@@ -38,7 +38,7 @@ from gcnnkit.core.errors import ConfigError
 from gcnnkit.core.registry import plugin_distributions
 from gcnnkit.run import distributed
 from gcnnkit.run.config import Config, config_differences, load_config
-from gcnnkit.run.data import Dataset, augment_batch, load_dataset
+from gcnnkit.run.data import Dataset, augment_batch, colour_jitter, load_dataset, save_data_description
 from gcnnkit.run.evaluation import evaluate
 from gcnnkit.run.precision import Precision
 from gcnnkit.run.rundir import (
@@ -267,6 +267,7 @@ def _train(
         data = load_dataset(config.data, seed=config.seed).to(device)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config error leaves no empty run dir behind
+        save_data_description(data, run_dir)  # class names, statistics, the in-memory choice, skipped files
     optimizer = make_optimizer(config, model.parameters())
     steps_per_epoch = math.ceil(len(data.train) / config.train.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))
@@ -290,6 +291,10 @@ def _train(
         f"{config.model.group} {config.model.backend} {config.model.preset or 'custom layers'}: "
         f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train / {len(data.test)} test, "
         f"{where}, {precision.name} ({precision.reason}), run dir {run_dir}"
+    )
+    log(
+        f"data: {data.source}, {data.in_memory_reason}"
+        + (f", {len(data.skipped)} corrupt files skipped" if data.skipped else "")
     )
 
     record: dict[str, Any] = {}
@@ -379,6 +384,7 @@ def _checkpoint_state(
         "rng": rng_state(),
         "config": config.to_dict(),
         "normalisation": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+        "data": data.describe(),
     }
 
 
@@ -431,11 +437,13 @@ def _train_epoch(
         file=sys.stderr,
         unit="batch",
     )
+    images = data.train.batches(order, batch)  # from memory or streamed from disk: the same pixels
     for start in bar:
         idx = order[start : start + batch]
         part, weight = distributed.shard(len(idx), ctx)
         # augment the whole global batch, so the generator advances alike everywhere; keep this process's part
-        x = augment_batch(data.train.images[idx], config.data.augment, gen, config.data.augment_degrees)
+        x = colour_jitter(next(images), config.data.colour_jitter, gen)
+        x = augment_batch(x, config.data.augment, gen, config.data.augment_degrees)
         x = data.normalise(x[part])
         y = data.train.labels[idx][part]
         with precision.autocast():
