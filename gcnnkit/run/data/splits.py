@@ -90,9 +90,18 @@ class StreamedSplit:
 
     store: ImageStore
     labels: torch.Tensor
-    indices: torch.Tensor
+    indices: torch.Tensor | None = None  # None: every image of the store, in order
     num_workers: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
+        if self.indices is None:
+            self.indices = torch.arange(len(self.labels))
+        if len(self.indices) != len(self.labels):
+            raise DataError(
+                f"a streamed split needs one label per image: {len(self.indices)} images, {len(self.labels)} labels"
+            )
 
     def __len__(self) -> int:
         return self.labels.shape[0]
