@@ -121,8 +121,8 @@ def test_training_through_the_cli_gives_the_same_accuracy_streamed_and_in_memory
     results = {}
     for mode, workers in (("true", "0"), ("false", "2")):
         out = tmp_path / f"run-{mode}"
-        result = run_cli("train", str(config), "--out", str(out), "--set", f"data.in_memory={mode}", "--set", "train.epochs=1",
-                         "--set", f"data.num_workers={workers}")  # fmt: skip
+        sets = [f"data.in_memory={mode}", "train.epochs=1", f"data.num_workers={workers}"]
+        result = run_cli("train", str(config), "--out", str(out), *[a for v in sets for a in ("--set", v)])
         assert result.exit_code == 0, result.output
         reason = "in memory (data.in_memory: true" if mode == "true" else "streamed from disk (data.in_memory: false"
         assert f"data: image folder {digits_folder}, {reason}" in result.output

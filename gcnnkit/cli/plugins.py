@@ -9,7 +9,7 @@ from gcnnkit.tools.table import format_table
 
 
 @click.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Print {backends: [...], groups: [...], datasets: [...]} as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print {backends, groups, datasets: [...]} as JSON.")
 def command(as_json: bool) -> None:
     """List backend, group and data-set plugins with their distribution and version; failed ones with the reason."""
     from gcnnkit.core.registry import AUTOLOAD_ENV, autoload_disabled, plugin_report
