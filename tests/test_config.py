@@ -37,7 +37,7 @@ DEFAULTS = {
         "normalise": True,
         "resize": "bilinear",
         "colour_jitter": 0.0,
-        "val_split": None,
+        "val_split": 0.0,
         "test_split": 0.2,
         "channels": None,
         "in_memory": "auto",

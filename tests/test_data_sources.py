@@ -103,7 +103,10 @@ def test_train_val_test_folders_and_val_split(tmp_path):
     shutil.copytree(root / "test", root / "val")
     data = load_dataset(data_cfg(name="folder", root=str(root)))
     assert (len(data.train), len(data.val), len(data.test)) == (1437, 360, 360)
-    with pytest.raises(DataError, match="data.val_split: .* has its own validation set"):
+    with pytest.raises(
+        DataError,
+        match=r"data.val_split: 0.1 carves a validation set, but image folder .* has its own \(360 images\); set",
+    ):
         load_dataset(data_cfg(name="folder", root=str(root), val_split=0.1))
     shutil.rmtree(root / "val")
     carved = load_dataset(data_cfg(name="folder", root=str(root), val_split=0.1))

@@ -101,8 +101,8 @@ class DataConfig:
     resize: str = option("bilinear", "str", choices=RESIZE_MODES)
     #: strength of random brightness/contrast/saturation on RGB images (0: none), see augment.colour_jitter
     colour_jitter: float = option(0.0, "float", ge=0, le=1)
-    #: fraction of the training set held out for validation (``Dataset.val``); null: the source's own or none
-    val_split: float | None = option(None, "float", nullable=True, gt=0, lt=1)
+    #: fraction of the training set held out for validation (``Dataset.val``); 0: the source's own or none
+    val_split: float = option(0.0, "float", ge=0, lt=1)
     #: folder/csv without their own test part: this fraction of the images, per class, is the test set
     test_split: float = option(0.2, "float", gt=0, lt=1)
     #: 1 or 3: convert every image to grey or RGB on load; null: the images' own (all must agree)

@@ -49,7 +49,7 @@ def file_splits(
         labels = labels[mask]
         splits[name] = StreamedSplit(store, labels, torch.arange(len(labels)), num_workers=cfg.num_workers)
     if "test" not in splits:
-        train, test = carve(splits["train"].labels, cfg.test_split, TEST_SPLIT_SEED)
+        train, test = carve(splits["train"].labels, cfg.test_split, TEST_SPLIT_SEED, "data.test_split")
         splits["test"] = splits["train"].take(test)
         splits["train"] = splits["train"].take(train)
     return SourceSplits(

@@ -26,8 +26,8 @@ from gcnnkit.run.data.streaming import choose_in_memory
 
 #: Sources that read the user's own files (``data.root`` says where).
 FILE_SOURCES = ("folder", "csv", "arrays")
-#: Seed of the validation part carved by ``data.val_split`` (fixed: the same images every run).
-VAL_SPLIT_SEED = 0
+#: Mixed into the run seed for the ``data.val_split`` draw, so it is independent of the train_size subset.
+VAL_SEED_OFFSET = 7919
 #: Normalisation statistics of a streamed-capable source come from at most this many training images.
 STATS_SAMPLE = 4096
 #: What a run directory holds about its data (:meth:`Dataset.describe`) and the files skipped.
@@ -87,8 +87,9 @@ def load_dataset(cfg: DataSettings, seed: int = 0) -> Dataset:
     Args:
         cfg: the ``data`` section of a config.
         seed: the run seed; it picks the ``train_size`` subset (the ``test_size`` subset, the
-            validation split and test parts carved by ``test_split`` are fixed, so they are
-            comparable across runs).
+            test parts carved by ``test_split`` are fixed, so they are comparable across runs);
+            with ``seed + 7919`` it draws the ``val_split`` part, stratified, from the training
+            images ``train_size`` left.
 
     Raises:
         DataError: unknown name, missing or bad files (one line naming the file), a failed download.
@@ -107,10 +108,10 @@ def load_dataset(cfg: DataSettings, seed: int = 0) -> Dataset:
     if cfg.val_split:
         if val is not None:
             raise DataError(
-                f"data.val_split: {parts.source} has its own validation set ({len(val)} images); "
-                f"remove data.val_split, or the source's val part"
+                f"data.val_split: {cfg.val_split} carves a validation set, but {parts.source} has its own "
+                f"({len(val)} images); set data.val_split: 0"
             )
-        keep, carved = carve(train.labels, cfg.val_split, VAL_SPLIT_SEED)
+        keep, carved = carve(train.labels, cfg.val_split, seed + VAL_SEED_OFFSET, "data.val_split")
         train, val = train.take(keep), train.take(carved)
     if len(train) == 0 or len(test) == 0:
         raise DataError(f"data: {parts.source} leaves {len(train)} training and {len(test)} test images; need both")

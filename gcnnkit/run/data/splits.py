@@ -175,10 +175,11 @@ class Dataset:
 
     ``train`` and ``test`` always exist. ``val`` is the validation split, or ``None`` when there is
     none: the source's own (a ``val/`` folder, a manifest's ``split`` column, ``val_images`` arrays)
-    or ``data.val_split`` of the training set, drawn with a fixed seed (the same images every run);
-    its images are not in ``train``. ``classes`` names the classes by label (``classes[k]`` is label
-    ``k``); ``in_memory_reason`` says why the splits are in memory or streamed; ``skipped`` lists
-    the corrupt files ``data.skip_corrupt`` left out.
+    or ``data.val_split`` of the training set, per class, drawn with the run seed (+ 7919); its
+    images are not in ``train``, and the normalisation statistics come from ``train`` alone.
+    ``classes`` names the classes by label (``classes[k]`` is label ``k``); ``in_memory_reason``
+    says why the splits are in memory or streamed; ``skipped`` lists the corrupt files
+    ``data.skip_corrupt`` left out.
     """
 
     info: DatasetInfo
@@ -254,19 +255,24 @@ def channel_stats(
     return mean.float().cpu(), var.sqrt().float().clamp_min(1e-6).cpu()
 
 
-def carve(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split sample indices ``[N]`` into ``(kept, carved)``: ``round(fraction · n_k)`` samples of each
-    class ``k`` (at least one when the class has two or more) drawn with ``seed`` go to ``carved``;
-    both sorted. Stratified, so a small validation or test part still has every class."""
+def carve(labels: torch.Tensor, fraction: float, seed: int, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split sample indices ``[N]`` into ``(kept, carved)``, both sorted: ``carved`` holds
+    ``round(fraction · n_c)`` samples of each class ``c`` (at least one, never all of a class),
+    drawn with ``seed`` class by class. Stratified, so a small validation or test part still has
+    every class. A class with fewer than two samples is a :class:`DataError` naming ``key``."""
     gen = torch.Generator().manual_seed(seed)
     labels = labels.cpu()
     carved = []
-    for k in torch.unique(labels).tolist():
-        members = torch.nonzero(labels == k).flatten()
-        n = int(round(fraction * len(members)))
-        n = max(n, 1) if len(members) > 1 else 0
-        carved.append(members[torch.randperm(len(members), generator=gen)[:n]])
-    out = torch.cat(carved).sort().values if carved else torch.zeros(0, dtype=torch.long)
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) < 2:
+            raise DataError(
+                f"{key}: class {c} has {len(members)} image, too few to give one to each side; "
+                f"add images of that class or remove it"
+            )
+        k = min(len(members) - 1, max(1, round(fraction * len(members))))
+        carved.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    out = torch.cat(carved).sort().values
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[out] = False
     return torch.nonzero(mask).flatten(), out
