@@ -13,7 +13,9 @@ The pipeline is not the bottleneck when its rate is well above the model's, and 
 at about the model's rate. Memory: ``peak_rss`` of this process (``ru_maxrss``) and ``peak_total``,
 the largest sum of the proportional set size (PSS: shared pages split between the processes
 sharing them) of this process and its ``DataLoader`` workers, sampled every 0.1 s from
-``/proc/<pid>/smaps_rollup`` (Linux) — the memory the run really holds.
+``/proc/<pid>/smaps_rollup`` (Linux) — the memory the run really holds. Both are also given for the
+data phase alone (loading and the pipeline pass, before the model exists), which separates what
+the data costs from the model's activations.
 """
 
 from __future__ import annotations
@@ -98,12 +100,12 @@ def run_data_bench(
     they would last longer than ``budget_s`` seconds.
     """
     with MemorySampler() as memory:
-        report = _measure(config_path, overrides, device, max_images, model_steps, budget_s, log)
+        report = _measure(config_path, overrides, device, max_images, model_steps, budget_s, log, memory)
     report["peak_total_pss_bytes"] = memory.peak
     return report
 
 
-def _measure(config_path, overrides, device, max_images, model_steps, budget_s, log) -> dict[str, Any]:
+def _measure(config_path, overrides, device, max_images, model_steps, budget_s, log, memory) -> dict[str, Any]:
     config = load_config(config_path, overrides)
     dev = resolve_device(device, option="--device")
     t0 = time.perf_counter()
@@ -130,6 +132,8 @@ def _measure(config_path, overrides, device, max_images, model_steps, budget_s, 
     _sync(dev)
     pipeline_s = time.perf_counter() - t0
     log(f"pipeline: {seen} images in {pipeline_s:.1f}s")
+    time.sleep(2 * memory.interval)  # one more sample before the model exists
+    data_peak, data_rss = memory.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     # model alone
     torch.manual_seed(config.seed)
@@ -187,6 +191,8 @@ def _measure(config_path, overrides, device, max_images, model_steps, budget_s, 
         "training_images_per_s": _rate(fed, train_s),
         "pipeline_to_model": _rate(seen, pipeline_s) / _rate(model_steps * batch, model_s),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "pipeline_peak_rss_bytes": data_rss,
+        "pipeline_peak_total_pss_bytes": data_peak,
     }
     return report
 
@@ -214,6 +220,11 @@ def format_data_report(report: dict[str, Any]) -> str:
             "peak RSS",
             f"{report['peak_rss_bytes'] / mib:.0f} MiB this process; {report['peak_total_pss_bytes'] / mib:.0f} MiB "
             f"with its workers (PSS)",
+        ),
+        (
+            "peak RSS, data only",
+            f"{report['pipeline_peak_rss_bytes'] / mib:.0f} MiB this process; "
+            f"{report['pipeline_peak_total_pss_bytes'] / mib:.0f} MiB with its workers (PSS), before the model exists",
         ),
     ]
     verdict = (

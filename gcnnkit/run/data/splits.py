@@ -236,7 +236,7 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 
 def channel_stats(
-    split: AnySplit, limit: int, seed: int = 0, batch_size: int = 256
+    split: AnySplit, limit: int, seed: int = 0, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std ``[C]`` of at most ``limit`` training images (a fixed random sample
     when there are more), so the statistics cost a bounded read on any data set size."""
@@ -245,9 +245,8 @@ def channel_stats(
     idx = idx.sort().values
     total = total_sq = None
     count = 0
-    for x in split.batches(idx, batch_size):
-        x = x.double()
-        s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+    for x in split.batches(idx, batch_size):  # float64 sums, no float64 copy of the batch
+        s, sq = x.sum(dim=(0, 2, 3), dtype=torch.float64), (x * x).sum(dim=(0, 2, 3), dtype=torch.float64)
         total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
         count += x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / count
