@@ -178,7 +178,7 @@ def test_rank_0_alone_logs_and_writes_the_run(ddp_run):
     from gcnnkit.run.rundir import read_metrics
 
     run_dir, proc = ddp_run
-    files = ["checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+    files = ["checkpoint.pt", "config.yaml", "data.json", "metrics.jsonl", "summary.json"]
     assert sorted(p.name for p in run_dir.iterdir()) == files  # no leftovers (.tmp) from a second writer
     metrics = read_metrics(run_dir)
     assert [m["epoch"] for m in metrics] == [1, 2]  # one line per epoch, not one per process
@@ -229,6 +229,20 @@ def test_a_user_error_found_by_rank_0_stops_every_process(ddp_run):
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors == ["error: --out run: already holds a run; add --resume to continue it or choose a new folder"]
+
+
+@pytest.mark.slow
+def test_a_diverging_ddp_run_stops_every_process_at_the_same_step(ddp_run):
+    """Every process reads the same combined non-finite-loss flag (gcnnkit.run.divergence), so all
+    stop together instead of one waiting for the others in a collective; rank 0 prints one line."""
+    folder = ddp_run[0].parent
+    proc = torchrun(
+        "--no-python", console_script(), "train", "ddp.yaml", "--out", "diverged", "--set", "train.lr=1e308", cwd=folder
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: diverged: the training loss became n")
+    assert not (folder / "diverged" / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow
