@@ -335,10 +335,9 @@ def _train(
         f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train / {len(data.test)} test, "
         f"{where}, {precision.name} ({precision.reason}), run dir {run_dir}"
     )
-    log(
-        f"data: {data.source}, {data.in_memory_reason}"
-        + (f", {len(data.skipped)} corrupt files skipped" if data.skipped else "")
-    )
+    if not data.builtin:  # the user's own images: where from, in memory or streamed, and why
+        skipped = f", {len(data.skipped)} corrupt files skipped" if data.skipped else ""
+        log(f"data: {data.source}, {data.in_memory_reason}{skipped}")
 
     record: dict[str, Any] = {}
     done = first_epoch - 1  # last epoch with a checkpoint

@@ -21,7 +21,7 @@ from gcnnkit.run.data.folder import folder_info, load_folder
 from gcnnkit.run.data.manifest import load_manifest, manifest_info
 from gcnnkit.run.data.plugins import dataset_plugin_names, get_dataset_source
 from gcnnkit.run.data.settings import DataSettings
-from gcnnkit.run.data.splits import Dataset, DatasetInfo, SourceSplits, Split, carve, channel_stats
+from gcnnkit.run.data.splits import BUILTIN_REASON, Dataset, DatasetInfo, SourceSplits, Split, carve, channel_stats
 from gcnnkit.run.data.streaming import choose_in_memory
 
 #: Sources that read the user's own files (``data.root`` says where).
@@ -117,7 +117,7 @@ def load_dataset(cfg: DataSettings, seed: int = 0) -> Dataset:
         raise DataError(f"data: {parts.source} leaves {len(train)} training and {len(test)} test images; need both")
     splits = [s for s in (train, val, test) if s is not None]
     if all(s.in_memory for s in splits):
-        reason = "in memory (a built-in data set)" if info.name in builtin.BUILTIN_NAMES else "in memory (the source's)"
+        reason = BUILTIN_REASON if info.name in builtin.BUILTIN_NAMES else "in memory (the source's)"
     else:
         decoded = sum(len(s) for s in splits) * info.in_channels * info.image_size**2 * 4
         in_memory, reason = choose_in_memory(cfg.in_memory, decoded, cfg.memory_budget_gb)

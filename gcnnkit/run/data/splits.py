@@ -138,6 +138,8 @@ class StreamedSplit:
 
 
 AnySplit = Split | StreamedSplit
+#: :attr:`Dataset.in_memory_reason` of the built-in sets.
+BUILTIN_REASON = "in memory (a built-in data set)"
 
 
 @dataclass
@@ -197,6 +199,11 @@ class Dataset:
     @property
     def in_memory(self) -> bool:
         return self.train.in_memory
+
+    @property
+    def builtin(self) -> bool:
+        """A built-in set (always in memory): training prints no ``data:`` line for it."""
+        return self.in_memory_reason.startswith(BUILTIN_REASON)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` → ``(x − mean) / std`` per channel."""
