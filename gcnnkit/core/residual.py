@@ -123,10 +123,20 @@ class ResidualBlock(EquivariantLayer):
             with torch.no_grad():
                 return layer.export_plain() if isinstance(layer, EquivariantLayer) else copy.deepcopy(layer)
 
-        act = copy.deepcopy(self.activation) if self.activation is not None else None
+        act = plain(self.activation) if self.activation is not None else None
         return PlainResidual(
             nn.Sequential(*[plain(m) for m in self.body]), nn.Sequential(*[plain(m) for m in self.shortcut]), act
         )
+
+
+def transfer_layer_weights(source_backend: Backend, src: nn.Module, target_backend: Backend, dst: nn.Module) -> float:
+    """Copy one layer's weights through the transfer format (:mod:`gcnnkit.core.backend`): a residual
+    block part by part (body and shortcut layers in order), anything else whole. Returns the worst
+    relative residual of the projections (0 when exact)."""
+    if isinstance(src, ResidualBlock) and isinstance(dst, ResidualBlock):
+        pairs = list(zip(src.leaf_layers(), dst.leaf_layers(), strict=True))
+        return max((target_backend.import_weights(d, source_backend.export_weights(s)) for s, d in pairs), default=0.0)
+    return target_backend.import_weights(dst, source_backend.export_weights(src))
 
 
 class PlainResidual(nn.Module):
