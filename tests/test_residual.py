@@ -13,7 +13,7 @@ from conftest import assert_user_error
 
 from gcnnkit.cli import main
 from gcnnkit.core.equivariance import check_network
-from gcnnkit.core.errors import SpecError
+from gcnnkit.core.errors import GcnnkitError, SpecError
 from gcnnkit.core.layers import EquivariantLayer
 from gcnnkit.core.registry import get_backend
 from gcnnkit.core.residual import PlainResidual, ResidualBlock
@@ -23,7 +23,7 @@ from gcnnkit.models.spec import parse_layers
 from gcnnkit.run.check import check_equivariance
 from gcnnkit.run.config import Config
 from gcnnkit.tools.compare import compare_networks
-from gcnnkit.tools.export import export_model
+from gcnnkit.tools.export import export_model, save_export
 
 
 def block(out: int, stride: int = 1, shortcut: str = "identity", **extra) -> dict:
@@ -208,6 +208,17 @@ def test_blocks_export_to_plain_torch(backend):
     assert plain.gcnnkit_export.rel_error < 1e-5
     assert sum(isinstance(m, PlainResidual) for m in plain.modules()) == 4  # nested one included
     assert not any(isinstance(m, EquivariantLayer) for m in plain.modules())
+
+
+def test_blocks_save_as_torchscript_and_the_state_format_refuses_them(tmp_path):
+    plain = export_model(_net(), image_size=9)
+    path = tmp_path / "model.ts"
+    save_export(plain, path, "torchscript", (2, 9, 9))
+    x = torch.randn(2, 2, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(path))(x), plain(x), atol=1e-6)
+    with pytest.raises(GcnnkitError, match="PlainResidual has no architecture description; save as torchscript or onnx"):
+        save_export(plain, tmp_path / "model.pt", "state", (2, 9, 9))
 
 
 def test_channels_last_reaches_the_layers_inside_blocks():
