@@ -217,7 +217,7 @@ def test_blocks_save_as_torchscript_and_the_state_format_refuses_them(tmp_path):
     x = torch.randn(2, 2, 9, 9)
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(path))(x), plain(x), atol=1e-6)
-    with pytest.raises(GcnnkitError, match="PlainResidual has no architecture description; save as torchscript or onnx"):
+    with pytest.raises(GcnnkitError, match="PlainResidual has no architecture description; save as torchscript"):
         save_export(plain, tmp_path / "model.pt", "state", (2, 9, 9))
 
 
