@@ -10,6 +10,8 @@ import torch
 from _helpers import randomize_parameters
 from click.testing import CliRunner
 from conftest import assert_user_error
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gcnnkit.cli import main
 from gcnnkit.core.equivariance import check_network
@@ -154,6 +156,32 @@ def test_blocks_and_each_of_their_parts_are_equivariant(backend, group):
     worst = max(results, key=lambda r: r.max_error)
     assert worst.max_error < 1e-5, (worst.name, worst.errors)
     assert len(check_network(net, (2, 9, 9), batch=1, elements=exact[-1:])) == len(net.layers) + 1  # parts: on request
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    group=st.sampled_from(["C4", "D4"]),
+    size=st.sampled_from([5, 7, 9]),
+    fields=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.sampled_from([1, 2]),
+    kernel=st.sampled_from([1, 3, 5]),
+    act=st.sampled_from(["none", "relu", "silu"]),
+    norm=st.booleans(),
+)
+def test_any_fitting_block_is_equivariant_on_an_odd_map(group, size, fields, stride, kernel, act, norm):
+    """Random widths, strides, kernels and activations: with the shortcut the shapes call for
+    (identity when the body keeps them), the block and all its parts stay equivariant."""
+    fin, fout = fields
+    body = [{"type": "gconv", "out": fout, "kernel": kernel, "stride": stride}, "batchnorm", "relu"]
+    body.append({"type": "gconv", "out": fout, "kernel": kernel})
+    shortcut = "identity" if (fin, stride) == (fout, 1) else "projection"
+    residual = {"type": "residual", "layers": body, "shortcut": shortcut, "shortcut_norm": norm, "act": act}
+    net = _net(
+        group=group, size=size, layers=[{"type": "lift", "out": fin}, residual, "group_pool", "global_pool", "linear"]
+    )
+    results = check_network(net, (2, size, size), batch=1, inner=True)
+    worst = max(results, key=lambda r: r.max_error)
+    assert worst.max_error < 1e-5, (worst.name, worst.errors)
 
 
 def test_gcnnkit_check_reports_the_parts_of_each_block():
