@@ -261,7 +261,7 @@ def test_channels_last_reaches_the_layers_inside_blocks():
 
 # ------------------------------------------------------------------------------ presets
 #: Parameter counts we build (3 input channels, 10 classes), and the published ones (Cohen & Welling
-#: 2016, Table 2, in millions rounded to 0.01M).
+#: 2016, CIFAR-10 table, in millions rounded to 0.01M).
 CIFAR_PARAMS = {
     "allcnnc-z2": 1_372_254,
     "allcnnc-p4": 1_371_006,

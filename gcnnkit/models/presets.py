@@ -355,7 +355,7 @@ register_preset(
 
 
 # ------------------------------------------------------------------------------------------
-# Cohen & Welling (2016) §8.2, CIFAR-10 (Table 2 of the paper; README of tscohen/gconv_experiments)
+# Cohen & Welling (2016) §8.2, CIFAR-10 (numbers as in the README of tscohen/gconv_experiments)
 # ------------------------------------------------------------------------------------------
 # The published networks take 32×32 images and downsample with stride-2 3×3 convolutions
 # (padding 1). On an even map such a grid is not centred on the image, so a quarter turn moves
@@ -363,7 +363,7 @@ register_preset(
 # 33×33 images (one replicated row and column, ``data.resize: pad``): 33 → 17 → 9, every grid
 # centred, every layer exactly equivariant. Parameter counts do not depend on the input size.
 _CW_CIFAR = (
-    "Cohen & Welling, Group Equivariant Convolutional Networks, ICML 2016, §8.2 and Table 2 "
+    "Cohen & Welling, Group Equivariant Convolutional Networks, ICML 2016, §8.2 "
     "(tscohen/gconv_experiments, gconv_experiments/CIFAR10/models/*.py)"
 )
 
@@ -467,7 +467,7 @@ def _p4cnn_rotation_pooling(image_size: int, in_channels: int) -> list[Any]:
     ]
 
 
-#: Published parameter counts (Table 2 of the paper, in millions, rounded to 0.01M).
+#: Published parameter counts (the CIFAR-10 table of the paper and the gconv_experiments README; millions, 2 decimals).
 CIFAR_PUBLISHED_PARAMS_M = {
     "allcnnc-z2": 1.37,
     "allcnnc-p4": 1.37,
