@@ -85,8 +85,9 @@ def check_equivariance(
 ) -> EquivarianceReport:
     """Build ``config``'s model (random init from ``seed``, default the config's; eval mode, CPU,
     float32) for its data's input shape and measure ``max|f(g·x) − g·f(x)| / max|f(x)|`` per layer
-    and end to end. Exact elements (multiples of 90°, reflections) are checked on white noise and
-    judged against ``tolerance``; with ``elements="all"`` interpolated elements (e.g. 45° in C8),
+    and end to end (and each part of a residual block, named ``"<block>/<part>"``). Exact elements
+    (multiples of 90°, reflections) are checked on white noise and judged against ``tolerance``;
+    with ``elements="all"`` interpolated elements (e.g. 45° in C8),
     which are only approximately equivariant on a pixel grid, are also measured, on smooth images
     (:func:`gcnnkit.core.equivariance.smooth_images`), and reported but not judged. No data is loaded.
     """
@@ -101,9 +102,11 @@ def check_equivariance(
     group = model.group
     exact = [g for g in range(group.order) if group.is_exact(g)]
     interpolated = [g for g in range(group.order) if not group.is_exact(g)]
-    results = check_network(model, info.image_shape, batch=batch, seed=seed, elements=exact)
+    results = check_network(model, info.image_shape, batch=batch, seed=seed, elements=exact, inner=True)
     if elements == "all" and interpolated:
-        smooth = check_network(model, info.image_shape, batch=batch, seed=seed, elements=interpolated, smooth=True)
+        smooth = check_network(
+            model, info.image_shape, batch=batch, seed=seed, elements=interpolated, smooth=True, inner=True
+        )
         results = [a.merge(b) for a, b in zip(results, smooth, strict=True)]
     return EquivarianceReport(
         group.name,
