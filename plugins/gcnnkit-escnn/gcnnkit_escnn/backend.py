@@ -28,6 +28,7 @@ from gcnnkit_escnn import transfer
 from gcnnkit_escnn.basis import BASES
 from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnPointwise
 from gcnnkit_escnn.spaces import EscnnGroupError, escnn_group
+from gcnnkit_escnn.steerable import EscnnFieldConv
 
 _OPTIONS = {"basis": BASES}
 
@@ -99,6 +100,32 @@ class EscnnBackend(Backend):
         self.require(group)
         return EscnnConv(
             group, "group", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
+        )
+
+    def steerable_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_type: FieldType,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> EquivariantConv:
+        """escnn's ``R2Conv`` between any two field types (:class:`~gcnnkit_escnn.steerable.EscnnFieldConv`)."""
+        self.require(group)
+        return EscnnFieldConv(
+            group,
+            in_type.field_reps(group),
+            out_type.field_reps(group),
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            bias,
+            self.basis,
+            group_layout=out_type.kind == "group",
         )
 
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:

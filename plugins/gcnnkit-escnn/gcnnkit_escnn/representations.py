@@ -11,12 +11,13 @@ trivial       ``()``                 ``G.trivial_representation``
 regular       ``()``                 ``G.regular_representation`` (finite groups only)
 irrep         ``(k,)`` / ``(j, k)``  ``G.irrep(k)`` (C_N, SO(2)) / ``G.irrep(j, k)`` (D_N, O(2))
 quotient      subgroup id            ``G.quotient_representation(id)`` (C_N: ``M``; D_N: ``(axis, M)``)
-sum           component reps         ``directsum(components)``
-tensor        ``(a, b)``             ``a.tensor(b)``
+sum           (constituents)         ``directsum(constituents)``
+tensor        (constituents a, b)    ``a.tensor(b)``
+restricted    ``(subgroup id,)``     ``G.restrict_representation(id, parent)`` on the parent's gspace
 ============  =====================  ==================================================
 
-A representation may be given as an object with ``kind`` and ``params`` attributes (gcnnkit's
-``Representation``) or as a ``(kind, params)`` tuple. :func:`check_matrices` compares a gcnnkit
+A representation is gcnnkit's ``Representation`` (``kind``, ``params``, ``constituents``) or, for
+the kinds without constituents, a ``(kind, params)`` tuple. :func:`check_matrices` compares a gcnnkit
 representation's matrices with escnn's, element by element (the two backends must move a tensor of
 a field type the same way).
 """
@@ -32,7 +33,7 @@ import torch
 from gcnnkit_escnn._compat import enn
 
 #: The kinds :func:`escnn_representation` maps.
-KINDS = ("trivial", "regular", "irrep", "quotient", "sum", "tensor")
+KINDS = ("trivial", "regular", "irrep", "quotient", "sum", "tensor", "restricted")
 #: Kinds whose matrices are permutations: pointwise nonlinearities, max pooling and escnn's
 #: ``InnerBatchNorm`` keep their equivariance.
 PERMUTATION_KINDS = ("trivial", "regular", "quotient")
@@ -63,8 +64,24 @@ def escnn_representation(gspace, rep: Any):
     from escnn.group import directsum
 
     G = gspace.fibergroup
+    if getattr(rep, "kind", None) == "custom":
+        raise RepresentationError(f"escnn has no representation {rep.name!r} (a group plugin's own representation)")
     kind, params = rep_key(rep)
+    constituents = tuple(getattr(rep, "constituents", ()))
+    if kind in ("sum", "tensor", "restricted") and constituents:
+        params = constituents if kind != "restricted" else params
     try:
+        if kind == "restricted":
+            from gcnnkit_escnn.spaces import escnn_group
+
+            (parent,) = constituents
+            parent_gspace = escnn_group(parent.group).gspace
+            restricted = parent_gspace.fibergroup.restrict_representation(
+                params[0], escnn_representation(parent_gspace, parent)
+            )
+            if restricted.group != G:
+                raise RepresentationError(f"{restricted.name} is a representation of {restricted.group}, not of {G}")
+            return restricted
         if kind == "trivial":
             return G.trivial_representation
         if kind == "regular":

@@ -1,0 +1,416 @@
+"""Steerable layers between any field types, built from escnn modules, on plain tensors.
+
+A field type is an ordered list of representations (:mod:`gcnnkit_escnn.representations`); a tensor
+of it is ``[B, D, H, W]`` with ``D`` the sum of the fields' sizes, field after field, each field's
+channels in its representation's basis (escnn's). A type made only of regular fields may also come
+as ``[B, C, |G|, H, W]`` (gcnnkit's group layout); it is read as ``[B, C·|G|, H, W]``.
+
+============================  =================================  =========================================
+layer                         escnn module                       what it does
+============================  =================================  =========================================
+:class:`EscnnFieldConv`       ``R2Conv``                         convolution ``in_reps → out_reps``
+:class:`EscnnNormAct`         ``NormNonLinearity`` (``n_relu``)  ``x·relu(|x| − b)/|x|`` per field
+:class:`EscnnGated`           ``GatedNonLinearity1``             ``x_i·sigmoid(γ_i − b_i)`` per gated field
+:class:`EscnnFieldBatchNorm`  ``InnerBatchNorm`` +               per field: permutation fields by their
+                              ``NormBatchNorm``                  channels' statistics, others by the norm
+:class:`EscnnRestriction`     ``RestrictionModule``              re-reads the fields on a subgroup
+:class:`EscnnInvariantPool`   ``GroupPooling`` + ``NormPool``    per field: max over a permutation field's
+                                                                 channels, norm of any other field
+============================  =================================  =========================================
+
+Fields are handed to escnn in their own order; where escnn groups fields by size internally (norm and
+gated nonlinearities, norm batch norm), the per-field parameters are re-ordered at the boundary so that
+the transfer format (:mod:`gcnnkit_escnn.transfer`) lists them field by field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gcnnkit.core.group import Group
+from gcnnkit.core.layers import EquivariantConv, EquivariantLayer, eval_cached
+from gcnnkit_escnn._compat import enn
+from gcnnkit_escnn.basis import RING_SIGMA, RingCutoff, complete_basis, pixel_rings
+from gcnnkit_escnn.init import generalized_he_init
+from gcnnkit_escnn.layers import EscnnLayer, GeometricTensor, _private_basis
+from gcnnkit_escnn.representations import escnn_field_type, escnn_representation, is_permutation
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, |G|, H, W]`` → ``[B, C·|G|, H, W]`` (a view); ``[B, D, H, W]`` unchanged."""
+    return x.flatten(1, 2) if x.ndim == 5 else x
+
+
+def _size_order(sizes: Sequence[int]) -> list[int]:
+    """Field indices in the order escnn's size-grouped modules visit them (by size, then position)."""
+    return sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+
+
+class _SteerableLayer(EscnnLayer):
+    """Common state: the group, its escnn gspace, the input representations."""
+
+    def _common(self, group: Group, in_reps: Sequence[Any]) -> None:
+        self.group = group
+        self.in_reps = tuple(in_reps)
+
+    @property
+    def gspace(self):
+        return self.escnn_group.gspace
+
+    @property
+    def in_type(self):
+        return escnn_field_type(self.gspace, self.in_reps)
+
+
+# ----------------------------------------------------------------------------- convolution
+class _PairFilter:
+    """escnn ``basis_filter`` that applies, to each block, the complete-basis selection of its pair of
+    representations (set by :class:`_FieldR2Conv` just before escnn filters that block)."""
+
+    def __init__(self) -> None:
+        self.current = None
+
+    def __call__(self, attr: dict) -> bool:
+        return self.current(attr)
+
+
+def _field_conv_class():
+    from gcnnkit_escnn.layers import _R2Conv
+
+    class _FieldR2Conv(_R2Conv):
+        """``R2Conv`` whose complete-basis filter follows the representation pair being built."""
+
+        def _build_kernel_basis(self, in_repr, out_repr):
+            pair_filter = getattr(self, "_pair_filter", None)
+            if pair_filter is not None:
+                choice = complete_basis(self.space, in_repr, out_repr, self.kernel_size, self.dilation)
+                pair_filter.current = choice.basis_filter
+            return super()._build_kernel_basis(in_repr, out_repr)
+
+    return _FieldR2Conv
+
+
+_FieldR2Conv = _field_conv_class()
+
+
+class EscnnFieldConv(_SteerableLayer, EquivariantConv):
+    """escnn's ``R2Conv`` from ``in_reps`` to ``out_reps``: ``[B, D_in, H, W] → [B, D_out, H', W']``.
+
+    ``basis="complete"`` spans every equivariant kernel of the pixel grid (the native backend's
+    space, :mod:`gcnnkit_escnn.basis`), chosen per pair of representations.
+    """
+
+    escnn_children = ("conv",)
+
+    def __init__(
+        self,
+        group: Group,
+        in_reps: Sequence[Any],
+        out_reps: Sequence[Any],
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+        basis: str = "escnn",
+        group_layout: bool = False,
+    ) -> None:
+        super().__init__()
+        self._common(group, in_reps)
+        self.out_reps = tuple(out_reps)
+        self.group_layout = group_layout  # output [B, C, |G|, H, W] (all-regular output, gcnnkit's group layout)
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.has_bias, self.basis = bias, basis
+        self._cache = None
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        gspace = self.gspace
+        in_type, out_type = escnn_field_type(gspace, self.in_reps), escnn_field_type(gspace, self.out_reps)
+        kwargs: dict[str, Any] = {}
+        pair_filter = None
+        if self.basis == "complete":
+            rings = pixel_rings(self.kernel_size, self.dilation)
+            pair_filter = _PairFilter()
+            kwargs = {
+                "rings": [r for r, _ in rings],
+                "sigma": [RING_SIGMA] * len(rings),
+                "frequencies_cutoff": RingCutoff(rings),
+                "basis_filter": pair_filter,
+            }
+        conv = _FieldR2Conv.__new__(_FieldR2Conv)
+        object.__setattr__(conv, "_pair_filter", pair_filter)
+        conv.__init__(
+            in_type,
+            out_type,
+            self.kernel_size,
+            padding=self.padding,
+            stride=self.stride,
+            dilation=self.dilation,
+            bias=self.has_bias,
+            initialize=False,
+            **kwargs,
+        )
+        object.__setattr__(conv, "_pair_filter", None)
+        self.conv = conv
+        _private_basis(self.conv)
+        if initialize:
+            generalized_he_init(self.conv.weights.data, self.conv.basisexpansion)
+
+    def expand(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Expanded filter ``[D_out, D_in, k, k]`` and bias ``[D_out]`` (escnn's, which is gcnnkit's order)."""
+        weights = self.conv.weights
+        with torch.autocast(device_type=weights.device.type, enabled=False):
+            return self.conv.expand_parameters()
+
+    def _expanded(self):
+        sources = [t for t in (self.conv.weights, self.conv.bias) if t is not None]
+        return eval_cached(self, sources, self.expand)
+
+    def filter_bank(self) -> torch.Tensor:
+        return self._expanded()[0]
+
+    def expanded_bias(self) -> torch.Tensor | None:
+        return self._expanded()[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _filter, _bias = self._expanded()
+        y = F.conv2d(flat(x), _filter, _bias, self.stride, self.padding, self.dilation)
+        return y.unflatten(1, (len(self.out_reps), -1)) if self.group_layout else y
+
+    @property
+    def basis_dimension(self) -> int:
+        """Number of learnable coefficients (all field pairs)."""
+        return int(self.conv.basisexpansion.dimension())
+
+    def extra_repr(self) -> str:
+        return (
+            f"group={self.group.name}, in={self.in_type.size} channels ({len(self.in_reps)} fields), "
+            f"out={sum(r.size for r in escnn_field_type(self.gspace, self.out_reps).representations)} channels "
+            f"({len(self.out_reps)} fields), kernel_size={self.kernel_size}, basis={self.basis} "
+            f"({self.basis_dimension} coefficients)"
+        )
+
+
+# ----------------------------------------------------------------------------- nonlinearities
+class EscnnNormAct(_SteerableLayer, EquivariantLayer):
+    """escnn's ``NormNonLinearity`` (``n_relu``): each field ``x ↦ x · relu(|x| − b)/|x|``, one learned
+    ``b > 0`` per field (escnn stores ``log b``). Equivariant for any orthogonal representation."""
+
+    escnn_children = ("module",)
+
+    def __init__(self, group: Group, in_reps: Sequence[Any], bias: bool = True) -> None:
+        super().__init__()
+        self._common(group, in_reps)
+        self.has_bias = bias
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        self.module = enn.NormNonLinearity(self.in_type, "n_relu", bias=self.has_bias)
+        sizes = [r.size for r in self.in_type.representations]
+        # escnn's log_bias[j] belongs to field bias_order[j]
+        self.register_buffer("bias_order", torch.tensor(_size_order(sizes), dtype=torch.long), persistent=False)
+
+    def field_bias(self) -> torch.Tensor | None:
+        """``[fields]`` bias ``b`` in field order (``None`` without bias)."""
+        if self.module.log_bias is None:
+            return None
+        b = torch.exp(self.module.log_bias.detach().reshape(-1))
+        return torch.empty_like(b).index_copy_(0, self.bias_order, b)
+
+    def set_field_bias(self, bias: torch.Tensor) -> None:
+        """Set ``b`` (``[fields]``, field order, all > 0)."""
+        with torch.no_grad():
+            log = torch.log(bias.to(self.module.log_bias.dtype).clamp_min(1e-30))
+            self.module.log_bias.copy_(log.index_select(0, self.bias_order).reshape(self.module.log_bias.shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.module(GeometricTensor(flat(x), self.module.in_type)).tensor
+        return y.view(x.shape)
+
+    def export_plain(self) -> nn.Module:
+        raise NotImplementedError("a norm nonlinearity is not a plain torch module")
+
+
+class EscnnGated(_SteerableLayer, EquivariantLayer):
+    """escnn's ``GatedNonLinearity1``: gated field ``i`` times ``sigmoid(γ_i − b_i)`` of its gate ``γ_i``
+    (a trivial field), one learned ``b_i`` per gate; the gates are dropped.
+
+    ``gates[i]`` is True for the gate fields of ``in_reps``; the ``i``-th gate (in field order) gates the
+    ``i``-th gated field. ``[B, D_in, H, W] → [B, D_gated, H, W]``.
+    """
+
+    escnn_children = ("module",)
+
+    def __init__(self, group: Group, in_reps: Sequence[Any], gates: Sequence[bool]) -> None:
+        super().__init__()
+        self._common(group, in_reps)
+        self.gates = tuple(bool(g) for g in gates)
+        if len(self.gates) != len(self.in_reps) or sum(self.gates) * 2 != len(self.gates):
+            raise ValueError(f"gated nonlinearity: {sum(self.gates)} gates for {len(self.gates)} fields")
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        in_type = self.in_type
+        labels = ["gate" if g else "gated" for g in self.gates]
+        self.module = enn.GatedNonLinearity1(in_type, gates=labels, drop_gates=True)
+        reps = in_type.representations
+        sizes = [r.size for r, g in zip(reps, self.gates, strict=True) if not g]
+        # escnn pairs its j-th gate with the j-th gated field in size order: feed it our gates in that order
+        gate_channels = [c for c, g in zip(_field_offsets(reps), self.gates, strict=True) if g]
+        order = _size_order(sizes)
+        index = torch.arange(in_type.size)
+        escnn_gate_channels = sorted(gate_channels)
+        for slot, i in zip(escnn_gate_channels, order, strict=True):
+            index[slot] = gate_channels[i]
+        self.register_buffer("gate_index", index, persistent=False)
+        self.register_buffer("bias_order", torch.tensor(order, dtype=torch.long), persistent=False)
+
+    def field_bias(self) -> torch.Tensor:
+        """``[gates]`` bias in field order."""
+        b = self.module.bias.detach().reshape(-1)
+        return torch.empty_like(b).index_copy_(0, self.bias_order, b)
+
+    def set_field_bias(self, bias: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.module.bias.copy_(bias.to(self.module.bias).index_select(0, self.bias_order).reshape(1, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = flat(x).index_select(1, self.gate_index)
+        return self.module(GeometricTensor(x, self.module.in_type)).tensor.to(x.dtype)
+
+    def export_plain(self) -> nn.Module:
+        raise NotImplementedError("a gated nonlinearity is not a plain torch module")
+
+
+def _field_offsets(reps) -> list[int]:
+    offsets, c = [], 0
+    for r in reps:
+        offsets.append(c)
+        c += r.size
+    return offsets
+
+
+# ----------------------------------------------------------------------------- batch norm
+class EscnnFieldBatchNorm(_SteerableLayer, EquivariantLayer):
+    """Batch norm per field: escnn's ``InnerBatchNorm`` on the permutation fields (trivial, regular,
+    quotient: mean and variance over a field's channels) and ``NormBatchNorm`` on the others (no
+    mean; the field divided by the root mean square of its norm, times a learned scale)."""
+
+    escnn_children = ("inner", "norm")
+
+    def __init__(self, group: Group, in_reps: Sequence[Any]) -> None:
+        super().__init__()
+        self._common(group, in_reps)
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        gspace = self.gspace
+        reps = [escnn_representation(gspace, r) for r in self.in_reps]
+        offsets = _field_offsets(reps)
+        perm = [i for i, r in enumerate(self.in_reps) if is_permutation(r)]
+        other = [i for i, r in enumerate(self.in_reps) if not is_permutation(r)]
+        self.perm_fields, self.norm_fields = tuple(perm), tuple(other)
+
+        def channels(fields):
+            return torch.tensor(
+                [c for i in fields for c in range(offsets[i], offsets[i] + reps[i].size)], dtype=torch.long
+            )
+
+        self.inner = enn.InnerBatchNorm(enn.FieldType(gspace, [reps[i] for i in perm])) if perm else nn.Identity()
+        self.norm = enn.NormBatchNorm(enn.FieldType(gspace, [reps[i] for i in other])) if other else nn.Identity()
+        self.register_buffer("perm_channels", channels(perm), persistent=False)
+        self.register_buffer("norm_channels", channels(other), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = flat(x)
+        out = torch.empty_like(y)
+        if self.perm_fields:
+            part = y.index_select(1, self.perm_channels)
+            out[:, self.perm_channels] = self.inner(GeometricTensor(part, self.inner.in_type)).tensor
+        if self.norm_fields:
+            part = y.index_select(1, self.norm_channels)
+            out[:, self.norm_channels] = self.norm(GeometricTensor(part, self.norm.in_type)).tensor.to(y.dtype)
+        return out.view(x.shape)
+
+    def export_plain(self) -> nn.Module:
+        raise NotImplementedError("a field batch norm over non-permutation fields is not a plain torch module")
+
+
+# ----------------------------------------------------------------------------- restriction, pooling
+class EscnnRestriction(_SteerableLayer, EquivariantLayer):
+    """escnn's ``RestrictionModule``: the same tensor, its fields re-read as representations of the
+    subgroup ``subgroup_id`` (escnn's id: ``(None, M)`` for C_M in D_N, ``M`` for C_M in C_N). Identity on
+    the values; the layers after it are built on :attr:`sub_gspace`."""
+
+    escnn_children = ("module",)
+
+    def __init__(self, group: Group, in_reps: Sequence[Any], subgroup_id: Any) -> None:
+        super().__init__()
+        self._common(group, in_reps)
+        self.subgroup_id = subgroup_id
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        self.module = enn.RestrictionModule(self.in_type, self.subgroup_id)
+
+    @property
+    def sub_gspace(self):
+        return self.module.out_type.gspace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(GeometricTensor(flat(x), self.module.in_type)).tensor.view(x.shape)
+
+    def export_plain(self) -> nn.Module:
+        return nn.Identity()
+
+
+class EscnnInvariantPool(_SteerableLayer, EquivariantLayer):
+    """Invariant map per field: escnn's ``GroupPooling`` (max over the channels) on permutation fields
+    and ``NormPool`` (the norm) on the others. ``[B, D, H, W] → [B, fields, H, W]`` (trivial fields)."""
+
+    escnn_children = ("pool", "norm")
+
+    def __init__(self, group: Group, in_reps: Sequence[Any]) -> None:
+        super().__init__()
+        self._common(group, in_reps)
+        self._build(initialize=True)
+
+    def _build(self, initialize: bool) -> None:
+        gspace = self.gspace
+        reps = [escnn_representation(gspace, r) for r in self.in_reps]
+        offsets = _field_offsets(reps)
+        perm = [i for i, r in enumerate(self.in_reps) if is_permutation(r)]
+        other = [i for i, r in enumerate(self.in_reps) if not is_permutation(r)]
+
+        def channels(fields):
+            return torch.tensor(
+                [c for i in fields for c in range(offsets[i], offsets[i] + reps[i].size)], dtype=torch.long
+            )
+
+        self.pool = enn.GroupPooling(enn.FieldType(gspace, [reps[i] for i in perm])) if perm else nn.Identity()
+        self.norm = enn.NormPool(enn.FieldType(gspace, [reps[i] for i in other])) if other else nn.Identity()
+        self.register_buffer("perm_channels", channels(perm), persistent=False)
+        self.register_buffer("norm_channels", channels(other), persistent=False)
+        self.register_buffer("perm_out", torch.tensor(perm, dtype=torch.long), persistent=False)
+        self.register_buffer("norm_out", torch.tensor(other, dtype=torch.long), persistent=False)
+        self.fields = len(reps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = flat(x)
+        out = y.new_empty(y.shape[0], self.fields, *y.shape[2:])
+        if len(self.perm_out):
+            part = y.index_select(1, self.perm_channels)
+            out[:, self.perm_out] = self.pool(GeometricTensor(part, self.pool.in_type)).tensor
+        if len(self.norm_out):
+            part = y.index_select(1, self.norm_channels)
+            out[:, self.norm_out] = self.norm(GeometricTensor(part, self.norm.in_type)).tensor.to(y.dtype)
+        return out
+
+    def export_plain(self) -> nn.Module:
+        raise NotImplementedError("invariant pooling of non-permutation fields is not a plain torch module")
