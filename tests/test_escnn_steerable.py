@@ -1,0 +1,151 @@
+"""The escnn backend's steerable layers (gcnnkit_escnn.steerable) between any field types, checked
+against escnn's own action (``GeometricTensor.transform``) at every element of C4 and D4; the escnn
+mapping of representations; the per-field parameter order; SO(2)/O(2) gspaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("escnn")
+
+from gcnnkit.core.registry import get_group  # noqa: E402
+from gcnnkit_escnn._compat import enn  # noqa: E402
+from gcnnkit_escnn.representations import RepresentationError, escnn_field_type  # noqa: E402
+from gcnnkit_escnn.spaces import escnn_group  # noqa: E402
+from gcnnkit_escnn.steerable import (  # noqa: E402
+    EscnnFieldBatchNorm,
+    EscnnFieldConv,
+    EscnnGated,
+    EscnnInvariantPool,
+    EscnnNormAct,
+    EscnnRestriction,
+)
+
+pytestmark = pytest.mark.escnn
+
+TOL = 1e-5
+T = ("trivial", ())
+REG = ("regular", ())
+D4_MIX = (REG, ("quotient", ((None, 2),)), ("irrep", (1, 1)), ("irrep", (1, 0)), T)
+C4_MIX = (REG, ("quotient", (2,)), ("irrep", (1,)), ("irrep", (2,)), T)
+
+
+def escnn_error(layer, in_reps, out_reps, x) -> float:
+    """max over the group's elements of |f(g·x) − g·f(x)| / max|f(x)|, g acting as escnn acts."""
+    eg = escnn_group(layer.group)
+    in_type, out_type = escnn_field_type(eg.gspace, in_reps), escnn_field_type(eg.gspace, out_reps)
+    with torch.no_grad():
+        y = layer(x)
+        worst = 0.0
+        for element in eg.elements:
+            xg = enn.GeometricTensor(x, in_type).transform(element).tensor
+            yg = enn.GeometricTensor(y.flatten(1, 2) if y.ndim == 5 else y, out_type).transform(element).tensor
+            out = layer(xg)
+            worst = max(worst, float((out.flatten(1, 2) if out.ndim == 5 else out).sub(yg).abs().max() / y.abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("basis", ["escnn", "complete"])
+@pytest.mark.parametrize(("group_name", "mix"), [("C4", C4_MIX), ("D4", D4_MIX)])
+def test_conv_between_any_field_types_is_equivariant(group_name, mix, basis):
+    group = get_group(group_name)
+    torch.manual_seed(0)
+    lift = EscnnFieldConv(group, (T,), mix, 5, padding=2, basis=basis).eval()
+    x = torch.randn(2, 1, 9, 9)
+    assert escnn_error(lift, (T,), mix, x) < TOL
+    conv = EscnnFieldConv(group, mix, mix, 3, padding=1, basis=basis).eval()
+    assert escnn_error(conv, mix, mix, lift(x)) < TOL
+
+
+def test_complete_basis_has_the_character_formula_dimension():
+    """Per pair of fields, the complete basis spans 1/|G| Σ_g χ_out(g) χ_in(g) χ_pix(g) kernels (the native
+    space); the whole layer's coefficient count is the sum over pairs."""
+    group = get_group("D4")
+    eg = escnn_group(group)
+    k = 3
+    grid = torch.arange(k * k, dtype=torch.float64).reshape(k, k)
+    from gcnnkit.core.transforms import transform_image
+
+    chi_pix = torch.tensor([float((transform_image(grid, group, g) == grid).sum()) for g in range(group.order)])
+
+    def chi(rep):
+        from gcnnkit_escnn.representations import escnn_representation
+
+        r = escnn_representation(eg.gspace, rep)
+        return torch.tensor([float(torch.tensor(r(e)).trace()) for e in eg.elements], dtype=torch.float64)
+
+    expected = 0
+    for a in D4_MIX:
+        for b in D4_MIX:
+            expected += round(float((chi(a) * chi(b) * chi_pix).sum()) / group.order)
+    conv = EscnnFieldConv(group, D4_MIX, D4_MIX, k, padding=1, basis="complete")
+    assert conv.basis_dimension == expected
+
+
+def test_norm_gated_batchnorm_pool_are_equivariant():
+    group = get_group("D4")
+    torch.manual_seed(1)
+    x = EscnnFieldConv(group, (T,), D4_MIX, 5, padding=2).eval()(torch.randn(3, 1, 9, 9))
+    norm = EscnnNormAct(group, D4_MIX).eval()
+    assert escnn_error(norm, D4_MIX, D4_MIX, x) < TOL
+    gated_in = (T, T, ("irrep", (1, 1)), REG)
+    g_in = EscnnFieldConv(group, D4_MIX, gated_in, 3, padding=1).eval()(x)
+    gated = EscnnGated(group, gated_in, [True, True, False, False]).eval()
+    assert escnn_error(gated, gated_in, gated_in[2:], g_in) < TOL
+    bn = EscnnFieldBatchNorm(group, D4_MIX)
+    bn.train()(x)
+    assert escnn_error(bn.eval(), D4_MIX, D4_MIX, x) < TOL
+    pool = EscnnInvariantPool(group, D4_MIX).eval()
+    y = pool(x)
+    assert y.shape == (3, len(D4_MIX), 9, 9)
+    assert escnn_error(pool, D4_MIX, (T,) * len(D4_MIX), x) < TOL
+
+
+def test_per_field_parameters_are_in_field_order():
+    """escnn groups fields by size inside; the layers list their parameters field by field."""
+    group = get_group("D4")
+    reps = (("irrep", (1, 1)), T, REG, ("irrep", (1, 1)))
+    norm = EscnnNormAct(group, reps)
+    bias = torch.tensor([0.5, 1.0, 2.0, 3.0])
+    norm.set_field_bias(bias)
+    assert torch.allclose(norm.field_bias(), bias)
+    x = torch.zeros(1, 2 + 1 + 8 + 2, 1, 1)
+    x[0, 11:13, 0, 0] = torch.tensor([3.0, 4.0])  # last field, norm 5 → 5 − 3 = 2
+    x[0, 0:2, 0, 0] = torch.tensor([0.3, 0.4])  # first field, norm 0.5 → 0
+    y = norm(x)
+    assert torch.allclose(y[0, 11:13, 0, 0], torch.tensor([1.2, 1.6]), atol=1e-6)
+    assert torch.equal(y[0, 0:2], torch.zeros(2, 1, 1))
+    gated_reps = (T, T, ("irrep", (1, 1)), T)  # gate 0 → the 2-dim field, gate 1 → the trivial one
+    gated = EscnnGated(group, gated_reps, [True, True, False, False])
+    gated.set_field_bias(torch.tensor([0.0, 100.0]))
+    x = torch.ones(1, 5, 1, 1)
+    y = gated(x)
+    assert torch.allclose(y[0, :2, 0, 0], torch.full((2,), torch.sigmoid(torch.tensor(1.0)).item()))
+    assert float(y[0, 2].detach().abs().max()) < 1e-30
+
+
+def test_restriction_reads_fields_on_the_subgroup():
+    group = get_group("D4")
+    layer = EscnnRestriction(group, D4_MIX, (None, 4))
+    x = torch.randn(2, 8 + 4 + 2 + 1 + 1, 5, 5)
+    assert torch.equal(layer(x), x)
+    assert layer.sub_gspace.fibergroup.order() == 4
+
+
+def test_unknown_representation_is_one_line():
+    with pytest.raises(RepresentationError, match="irrep"):
+        escnn_field_type(escnn_group(get_group("C4")).gspace, [("irrep", (7, 7))])
+
+
+@pytest.mark.parametrize("name", ["SO2", "O2", "SO2_6"])
+def test_continuous_groups_have_escnn_gspaces(name):
+    group = get_group(name)
+    eg = escnn_group(group)
+    assert eg.gspace.fibergroup.continuous and len(eg.elements) == group.order
+    assert group.escnn["maximum_frequency"] == group.max_frequency
+    action = eg.gspace.basespace_action
+    for h, element in enumerate(eg.elements):
+        assert torch.allclose(torch.tensor(action(element), dtype=torch.float64).reshape(2, 2), group.matrix(h))
+    with pytest.raises(RepresentationError, match="no regular representation"):
+        escnn_field_type(eg.gspace, [REG])
