@@ -9,7 +9,6 @@ import torch
 
 pytest.importorskip("escnn")
 
-from gcnnkit.core.registry import get_group  # noqa: E402
 from gcnnkit_escnn._compat import enn  # noqa: E402
 from gcnnkit_escnn.representations import RepresentationError, escnn_field_type  # noqa: E402
 from gcnnkit_escnn.spaces import escnn_group  # noqa: E402
@@ -21,6 +20,8 @@ from gcnnkit_escnn.steerable import (  # noqa: E402
     EscnnNormAct,
     EscnnRestriction,
 )
+
+from gcnnkit.core.registry import get_group  # noqa: E402
 
 pytestmark = pytest.mark.escnn
 
