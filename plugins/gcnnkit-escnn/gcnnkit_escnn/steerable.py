@@ -414,3 +414,114 @@ class EscnnInvariantPool(_SteerableLayer, EquivariantLayer):
 
     def export_plain(self) -> nn.Module:
         raise NotImplementedError("invariant pooling of non-permutation fields is not a plain torch module")
+
+
+# ----------------------------------------------------------------------------- transfer format
+def _fields_by_size(sizes: Sequence[int]) -> dict[int, list[int]]:
+    """``{size: field indices of that size, in order}`` (how escnn groups fields inside its modules)."""
+    out: dict[int, list[int]] = {}
+    for i, s in enumerate(sizes):
+        out.setdefault(s, []).append(i)
+    return out
+
+
+@torch.no_grad()
+def field_batch_norm_state(layer: EscnnFieldBatchNorm) -> dict[str, torch.Tensor]:
+    """Transfer format of :class:`EscnnFieldBatchNorm`: ``weight``, ``bias``, ``running_mean``,
+    ``running_var`` ``[fields]`` in field order and ``num_batches_tracked``. A non-permutation field has
+    no bias and no mean (0); its ``running_var`` is the mean of ``|x|²/size`` (escnn's ``NormBatchNorm``)."""
+    n = len(layer.in_reps)
+    state = {k: torch.zeros(n) for k in ("bias", "running_mean")}
+    state.update({k: torch.ones(n) for k in ("weight", "running_var")})
+    state["num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    sizes = [escnn_representation(layer.gspace, r).size for r in layer.in_reps]
+    if layer.perm_fields:
+        for s, fields in _fields_by_size([sizes[i] for i in layer.perm_fields]).items():
+            bn = getattr(layer.inner, f"batch_norm_[{s}]")
+            idx = torch.tensor([layer.perm_fields[i] for i in fields])
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                value = getattr(bn, key)
+                if value is not None:
+                    state[key][idx] = value.detach().float()
+            state["num_batches_tracked"] = bn.num_batches_tracked.clone()
+    if layer.norm_fields:
+        for s, fields in _fields_by_size([sizes[i] for i in layer.norm_fields]).items():
+            idx = torch.tensor([layer.norm_fields[i] for i in fields])
+            state["running_var"][idx] = getattr(layer.norm, f"{s}_running_var").reshape(-1).float()
+            weight = getattr(layer.norm, f"{s}_weight", None)
+            if weight is not None:
+                state["weight"][idx] = weight.detach().reshape(-1).float()
+        state["num_batches_tracked"] = layer.norm.num_batches_tracked.clone()
+    return state
+
+
+@torch.no_grad()
+def load_field_batch_norm_state(layer: EscnnFieldBatchNorm, state) -> None:
+    """Inverse of :func:`field_batch_norm_state` (a non-permutation field's bias and mean are ignored)."""
+    sizes = [escnn_representation(layer.gspace, r).size for r in layer.in_reps]
+    if layer.perm_fields:
+        for s, fields in _fields_by_size([sizes[i] for i in layer.perm_fields]).items():
+            bn = getattr(layer.inner, f"batch_norm_[{s}]")
+            idx = torch.tensor([layer.perm_fields[i] for i in fields])
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(bn, key) is not None and key in state:
+                    getattr(bn, key).copy_(state[key][idx])
+            if "num_batches_tracked" in state:
+                bn.num_batches_tracked.copy_(state["num_batches_tracked"])
+    if layer.norm_fields:
+        for s, fields in _fields_by_size([sizes[i] for i in layer.norm_fields]).items():
+            idx = torch.tensor([layer.norm_fields[i] for i in fields])
+            var = getattr(layer.norm, f"{s}_running_var")
+            var.copy_(state["running_var"][idx].reshape(var.shape))
+            weight = getattr(layer.norm, f"{s}_weight", None)
+            if weight is not None:
+                weight.copy_(state["weight"][idx].reshape(weight.shape))
+
+
+@torch.no_grad()
+def load_field_conv_state(layer: EscnnFieldConv, state) -> float:
+    """Least-squares escnn coefficients whose expanded filter is ``state["weight"]`` ``[D_out, D_in, k, k]``,
+    solved per pair of fields on that pair's block of the sampled basis; the expanded bias likewise.
+    Returns the relative residual ``‖W − Ŵ‖ / ‖W‖`` (0 when escnn's basis spans the target)."""
+    conv = layer.conv
+    expansion = conv.basisexpansion
+    gspace = layer.gspace
+    in_reps = [escnn_representation(gspace, r) for r in layer.in_reps]
+    out_reps = [escnn_representation(gspace, r) for r in layer.out_reps]
+    in_off, out_off = _field_offsets(in_reps), _field_offsets(out_reps)
+    target = state["weight"].to(torch.float64).flatten(2)  # [D_out, D_in, S]
+    fit = torch.zeros_like(target)
+    weights = torch.zeros(expansion.dimension(), dtype=torch.float64)
+    for pair in expansion._representations_pairs:
+        block = getattr(expansion, f"block_expansion_{expansion._escape_pair(pair)}")
+        basis = block.sampled_basis.to(torch.float64)  # [dim_b, o, i, S]
+        dim_b = basis.shape[0]
+        outs = [j for j, r in enumerate(out_reps) if r.name == pair[1]]
+        ins = [i for i, r in enumerate(in_reps) if r.name == pair[0]]
+        blocks = torch.stack(
+            [
+                target[out_off[j] : out_off[j] + basis.shape[1], in_off[i] : in_off[i] + basis.shape[2]].reshape(-1)
+                for j in outs
+                for i in ins
+            ]
+        )  # [pairs, o·i·S], out-major (escnn's coefficient order)
+        matrix = basis.reshape(dim_b, -1)
+        coeffs = torch.linalg.lstsq(matrix.T, blocks.T).solution.T  # [pairs, dim_b]
+        start, end = expansion._weights_ranges[pair]
+        weights[start:end] = coeffs.reshape(-1)
+        rebuilt = (coeffs @ matrix).reshape(len(outs) * len(ins), basis.shape[1], basis.shape[2], -1)
+        for n, (j, i) in enumerate((j, i) for j in outs for i in ins):
+            fit[out_off[j] : out_off[j] + basis.shape[1], in_off[i] : in_off[i] + basis.shape[2]] = rebuilt[n]
+    conv.weights.copy_(weights.to(conv.weights.dtype))
+    if conv.bias is not None:
+        native_bias = state.get("bias")
+        if native_bias is None:
+            conv.bias.zero_()
+        else:
+            solution = torch.linalg.lstsq(
+                conv.bias_expansion.to(torch.float64), native_bias.to(torch.float64).reshape(-1, 1)
+            ).solution
+            conv.bias.copy_(solution[:, 0].to(conv.bias.dtype))
+    layer._cache = None
+    scale = target.norm()
+    return float((fit - target).norm() / scale) if scale > 0 else 0.0
