@@ -371,14 +371,18 @@ class EscnnRestriction(_SteerableLayer, EquivariantLayer):
 
 
 class EscnnInvariantPool(_SteerableLayer, EquivariantLayer):
-    """Invariant map per field: escnn's ``GroupPooling`` (max over the channels) on permutation fields
-    and ``NormPool`` (the norm) on the others. ``[B, D, H, W] → [B, fields, H, W]`` (trivial fields)."""
+    """Invariant map per field: on permutation fields escnn's ``GroupPooling`` (``mode="max"``: max over
+    the field's channels) or their mean (``mode="mean"``), on the others escnn's ``NormPool`` (the norm).
+    ``[B, D, H, W] → [B, fields, H, W]`` (trivial fields)."""
 
     escnn_children = ("pool", "norm")
 
-    def __init__(self, group: Group, in_reps: Sequence[Any]) -> None:
+    def __init__(self, group: Group, in_reps: Sequence[Any], mode: str = "max") -> None:
         super().__init__()
         self._common(group, in_reps)
+        if mode not in ("max", "mean"):
+            raise ValueError(f"invariant pooling mode {mode!r}; allowed: max, mean")
+        self.mode = mode
         self._build(initialize=True)
 
     def _build(self, initialize: bool) -> None:
@@ -406,7 +410,12 @@ class EscnnInvariantPool(_SteerableLayer, EquivariantLayer):
         out = y.new_empty(y.shape[0], self.fields, *y.shape[2:])
         if len(self.perm_out):
             part = y.index_select(1, self.perm_channels)
-            out[:, self.perm_out] = self.pool(GeometricTensor(part, self.pool.in_type)).tensor
+            if self.mode == "max":
+                out[:, self.perm_out] = self.pool(GeometricTensor(part, self.pool.in_type)).tensor
+            else:
+                sizes = [r.size for r in self.pool.in_type.representations]
+                means = [chunk.mean(dim=1) for chunk in part.split(sizes, dim=1)]
+                out[:, self.perm_out] = torch.stack(means, dim=1)
         if len(self.norm_out):
             part = y.index_select(1, self.norm_channels)
             out[:, self.norm_out] = self.norm(GeometricTensor(part, self.norm.in_type)).tensor.to(y.dtype)
