@@ -28,7 +28,14 @@ from gcnnkit_escnn import transfer
 from gcnnkit_escnn.basis import BASES
 from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnPointwise
 from gcnnkit_escnn.spaces import EscnnGroupError, escnn_group
-from gcnnkit_escnn.steerable import EscnnFieldBatchNorm, EscnnFieldConv, EscnnInvariantPool
+from gcnnkit_escnn.steerable import (
+    EscnnFieldBatchNorm,
+    EscnnFieldConv,
+    EscnnGated,
+    EscnnInvariantPool,
+    EscnnNormAct,
+    EscnnRestriction,
+)
 
 _OPTIONS = {"basis": BASES}
 
@@ -141,6 +148,22 @@ class EscnnBackend(Backend):
         if in_type.kind == "steerable":
             return EscnnInvariantPool(group, in_type.reps, mode)
         return super().group_pool(group, in_type, mode)
+
+    # ------------------------------------------------------- steerable nonlinearities
+    def norm_activation(self, group: Group, in_type: FieldType, fn: str = "relu", bias: bool = True) -> nn.Module:
+        """escnn's ``NormNonLinearity`` (norm-ReLU, one learned bias per field) on any field type."""
+        if fn != "relu":
+            raise SpecError(f"norm nonlinearity: {fn!r} is not allowed; allowed: relu")
+        return EscnnNormAct(group, in_type.field_reps(group), bias)
+
+    def gated_activation(self, group: Group, in_type: FieldType, gates) -> nn.Module:
+        """escnn's ``GatedNonLinearity1``: ``gates[i]`` marks the trivial gate fields of ``in_type``; the
+        ``i``-th gate gates the ``i``-th other field; the gates are dropped."""
+        return EscnnGated(group, in_type.field_reps(group), gates)
+
+    def restrict(self, group: Group, in_type: FieldType, subgroup_id) -> nn.Module:
+        """escnn's ``RestrictionModule``: the same values, read as fields of the subgroup ``subgroup_id``."""
+        return EscnnRestriction(group, in_type.field_reps(group), subgroup_id)
 
     # ----------------------------------------------------------- pointwise layers
     def activation(self, group: Group, in_type: FieldType, name: str = "relu") -> nn.Module:
