@@ -20,13 +20,56 @@ limit N), e.g. ``SO2_6``. The native backend builds layers for finite groups onl
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from gcnnkit.core.group import Group, cyclic_group, dihedral_group
+from gcnnkit.core.representation import Representation, RepresentationCatalog, RepresentationError
 from gcnnkit_rotations.groups import API_VERSION, _cyclic_table, _dihedral_table
 
 #: Band limit of ``SO2`` and ``O2``.
 DEFAULT_MAX_FREQUENCY = 4
 #: Rotations sampled (multiples of 360°/SAMPLES): 22.5° apart, the multiples of 90° among them.
 SAMPLES = 16
+
+
+class BandLimitedIrreps(RepresentationCatalog):
+    """The irreps of SO(2) (``irrep(k)``) or O(2) (``irrep(j, k)``) up to the band limit, with escnn's
+    matrices, evaluated at the sampled elements: for the rotation ``r_θ`` (and ``r_θ f``, the mirror first)
+    ``irrep(k)``: ``R(kθ)``; ``irrep(0, 0)``: 1; ``irrep(1, 0)``: ``det`` (−1 on mirrors);
+    ``irrep(1, k)``: ``R(kθ)·diag(1, −1)^f``."""
+
+    def __init__(self, family: str, max_frequency: int) -> None:
+        self.family, self.max_frequency = family, max_frequency
+
+    def irreps(self, group: Group) -> list[Representation]:
+        out = []
+        for params in group.irrep_params():
+            mats = torch.stack([_irrep_matrix(self.family, params, h) for h in range(group.order)])
+            name = "irrep_" + ",".join(map(str, params))
+            out.append(Representation(group, name, mats, "irrep", params))
+        return out
+
+
+def _irrep_matrix(family: str, params: tuple[int, ...], h: int) -> torch.Tensor:
+    k_sample, flip = h % SAMPLES, h // SAMPLES
+    theta = 2 * math.pi * k_sample / SAMPLES
+    if family == "SO2":
+        (k,) = params
+        j = 1
+    else:
+        j, k = params
+    if k == 0:
+        return torch.tensor([[(-1.0) ** (j * flip)]], dtype=torch.float64)
+    c, s = _snap(math.cos(k * theta)), _snap(math.sin(k * theta))
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    return rot @ torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64)) if flip else rot
+
+
+def _snap(v: float) -> float:
+    r = round(v)
+    return float(r) if abs(v - r) < 1e-12 else v
 
 
 class ContinuousGroup(Group):
@@ -44,6 +87,7 @@ class ContinuousGroup(Group):
             api_version=API_VERSION,
             cayley_table=table,
             escnn={"gspace": gspace, "N": -1, "maximum_frequency": max_frequency},
+            representations=BandLimitedIrreps(family, max_frequency),
         )
         self.family = family
         self.max_frequency = max_frequency
@@ -53,6 +97,16 @@ class ContinuousGroup(Group):
         if self.family == "SO2":
             return [(k,) for k in range(self.max_frequency + 1)]
         return [(0, 0), (1, 0)] + [(1, k) for k in range(1, self.max_frequency + 1)]
+
+    def regular(self) -> Representation:
+        raise RepresentationError(
+            f"{self.name} is continuous and has no regular representation; use its irreps, e.g. "
+            f"{{irrep({', '.join(map(str, self.irrep_params()[1]))}): 8}}"
+        )
+
+    def all_representations(self) -> list[Representation]:
+        """``trivial`` and the band-limited irreps (no regular representation)."""
+        return [self.trivial(), *self.irreps()[1:]]
 
     def __eq__(self, other: object) -> bool:  # SO2 and SO2_6 share their samples, not their band limit
         return super().__eq__(other) and getattr(other, "max_frequency", None) == self.max_frequency
