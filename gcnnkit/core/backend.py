@@ -145,6 +145,28 @@ class Backend(abc.ABC):
         """``[B, C_in, |G|, H, W] → [B, out_fields, |G|, H', W']``: filters transformed spatially
         and permuted along the group axis."""
 
+    def steerable_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_type: FieldType,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> EquivariantConv:
+        """``[B, D_in, H, W] → [B, D_out, H', W']`` between any two field types (``image``, ``group``
+        flattened, or ``steerable``; :mod:`gcnnkit.core.fields`): kernels with
+        ``K(g·p) = ρ_out(g) K(p) ρ_in(g)⁻¹``. The network calls it whenever the input or the output
+        is ``steerable``; its :meth:`~EquivariantConv.filter_bank` is ``[D_out, D_in, k, k]`` and its
+        bias (only on trivial output fields, the others must stay unbiased) ``[D_out]``. Group
+        inputs/outputs keep their ``[B, C, |G|, H, W]`` shape. Default: refused, naming the backend."""
+        raise SpecError(
+            f"backend {self.name!r} builds regular fields only; {in_type} → {out_type} needs a backend with "
+            f"steerable convolutions (native on exact groups, escnn)"
+        )
+
     # ----------------------------------------------------- layers with defaults
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
         """Batch norm with one mean/variance/affine per field, shared over the group axis (shape preserving)."""

@@ -17,7 +17,7 @@ from torch import nn
 
 from gcnnkit.core.backend import Backend
 from gcnnkit.core.errors import PluginError, SpecError
-from gcnnkit.core.fields import FieldType
+from gcnnkit.core.fields import FieldType, field_type_from_spec
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv, EquivariantLayer
 from gcnnkit.models.spec import LayerSpec
@@ -153,7 +153,7 @@ def _needs_map(b: _Builder, where: str) -> None:
 def _conv(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
     p, group = spec.params, b.group
     expected = "image" if spec.type == "lift" else "group"
-    if b.current.kind != expected:
+    if b.current.kind != expected and not (spec.type == "gconv" and b.current.kind == "steerable"):
         if spec.type == "lift":
             hint = "a network lifts once, from the input image; use 'gconv' after it"
         else:
@@ -169,9 +169,15 @@ def _conv(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldTyp
     padding = resolve_padding(p["padding"], p["kernel"], p["dilation"])
     if p["padding"] == "same" and p["kernel"] % 2 == 0:
         raise SpecError(f"{where}: padding 'same' needs an odd kernel, got {p['kernel']}; give an int")
-    fields = b.num_classes if p["out"] == "classes" else field_count(p["out"], group, b.widths)
-    factory = b.backend.lifting_conv if spec.type == "lift" else b.backend.group_conv
-    layer = factory(group, b.current, fields, p["kernel"], p["stride"], padding, p["dilation"], p["bias"])
+    out_type = _conv_out_type(b, p["out"], where)
+    if out_type.kind == "steerable" or b.current.kind == "steerable":
+        factory = b.backend.steerable_conv
+        layer = factory(group, b.current, out_type, p["kernel"], p["stride"], padding, p["dilation"], p["bias"])
+    else:
+        factory = b.backend.lifting_conv if spec.type == "lift" else b.backend.group_conv
+        layer = factory(
+            group, b.current, out_type.channels, p["kernel"], p["stride"], padding, p["dilation"], p["bias"]
+        )
     if not isinstance(layer, EquivariantConv):
         raise PluginError(
             f"backend {b.backend.name!r}: {factory.__name__} returned a {type(layer).__name__}, not an "
@@ -179,7 +185,16 @@ def _conv(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldTyp
         )
     if b.size is not None:
         b.size = conv_output_size(b.size, p["kernel"], p["stride"], padding, p["dilation"])
-    return layer, FieldType("group", fields)
+    return layer, out_type
+
+
+def _conv_out_type(b: _Builder, out: int | str | dict, where: str) -> FieldType:
+    """``out`` of a conv: ``classes`` or an int (regular fields, scaled by the width mode) → a ``group``
+    type, as always; a mapping ``{representation: count}`` (fields, whatever the width mode) → the
+    type of those fields in that order (all regular: a ``group`` type again)."""
+    if isinstance(out, dict):
+        return field_type_from_spec(b.group, out, where)
+    return FieldType("group", b.num_classes if out == "classes" else field_count(out, b.group, b.widths))
 
 
 def _batchnorm(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:

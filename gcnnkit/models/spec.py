@@ -35,7 +35,9 @@ from gcnnkit.core.errors import SpecError
 REQUIRED = object()
 
 _CONV_PARAMS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "out": ((int, str), REQUIRED),  # an int, or "classes": one field per class (whatever the width mode)
+    # an int (regular fields), "classes" (one field per class, whatever the width mode), or an ordered
+    # mapping of representation names to field counts, {regular: 8, irrep(1): 4, trivial: 2}
+    "out": ((int, str, dict), REQUIRED),
     "kernel": ((int,), 3),
     "stride": ((int,), 1),
     "padding": ((int, str), "same"),
@@ -88,7 +90,7 @@ class LayerSpec:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "int", float: "number", str: "string", bool: "bool", type(None): "null"}
+    names = {int: "int", float: "number", str: "string", bool: "bool", type(None): "null", dict: "mapping"}
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -120,6 +122,8 @@ def parse_layer(entry: Any, where: str) -> LayerSpec:
             params[name] = default
             continue
         value = entry[name]
+        if isinstance(value, Mapping) and dict in types:
+            value = dict(value)  # an ordered plain dict (YAML mappings keep their order)
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if float in types and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
@@ -137,7 +141,13 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
     if layer_type in ("lift", "gconv"):
         out = params["out"]
         if isinstance(out, str) and out != "classes":
-            raise SpecError(f"{where}.out: {out!r} is not allowed; allowed: an int >= 1 or 'classes'")
+            raise SpecError(
+                f"{where}.out: {out!r} is not allowed; allowed: an int >= 1, 'classes' or a mapping "
+                f"{{representation: count}}"
+            )
+        if isinstance(out, dict):
+            _check_field_counts(out, where)
+            out = 1
         if (isinstance(out, int) and out < 1) or params["kernel"] < 1 or params["stride"] < 1 or params["dilation"] < 1:
             raise SpecError(f"{where}: out, kernel, stride and dilation must be >= 1, got {params}")
         pad = params["padding"]
@@ -160,6 +170,17 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
             raise SpecError(
                 f"{where}.padding: must be at most half the kernel ({params['kernel']}), got {params['padding']}"
             )
+
+
+def _check_field_counts(out: dict, where: str) -> None:
+    """A field-type mapping: non-empty, string keys (representation names), counts >= 1."""
+    if not out:
+        raise SpecError(f"{where}.out: an empty mapping has no fields; e.g. {{regular: 8, irrep(1): 4}}")
+    for name, count in out.items():
+        if not isinstance(name, str):
+            raise SpecError(f"{where}.out: representation names are strings, got {name!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise SpecError(f"{where}.out[{name!r}]: expected a field count >= 1, got {count!r}")
 
 
 def parse_layers(layers: Sequence[Any], where: str = "model.layers") -> list[LayerSpec]:
