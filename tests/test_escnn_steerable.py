@@ -150,3 +150,46 @@ def test_continuous_groups_have_escnn_gspaces(name):
         assert torch.allclose(torch.tensor(action(element), dtype=torch.float64).reshape(2, 2), group.matrix(h))
     with pytest.raises(RepresentationError, match="no regular representation"):
         escnn_field_type(eg.gspace, [REG])
+
+
+# ----------------------------------------------------------------------------- with the core's representations
+@pytest.mark.parametrize("name", ["C4", "D4", "C8", "SO2", "O2"])
+def test_every_representation_maps_to_escnn_with_the_same_matrices(name):
+    from gcnnkit_escnn.representations import check_matrices
+
+    group = get_group(name)
+    eg = escnn_group(group)
+    for rep in group.all_representations():
+        assert check_matrices(eg.gspace, rep, rep.matrices, eg.elements) < 1e-9, rep.name
+
+
+def test_restricted_representations_map_to_the_subgroup_gspace():
+    from gcnnkit_escnn.representations import check_matrices
+
+    group = get_group("D4")
+    for sub_id in [(None, 4), (0, 1), (None, 2)]:
+        for rep in group.all_representations():
+            restricted = rep.restrict(sub_id)
+            eg = escnn_group(restricted.group)
+            assert check_matrices(eg.gspace, restricted, restricted.matrices, eg.elements) < 1e-9
+
+
+def test_steerable_network_on_escnn_is_equivariant_layer_by_layer():
+    from gcnnkit.core.equivariance import check_network
+    from gcnnkit.models.network import build_model
+
+    layers = [
+        {"type": "lift", "out": {"regular": 2, "quotient(None,2)": 1, "irrep(1,1)": 2, "trivial": 1}, "kernel": 5},
+        "batchnorm",
+        {"type": "gconv", "out": {"trivial": 2, "irrep(1,1)": 1, "regular": 1}, "kernel": 3},
+        {"type": "gconv", "out": {"trivial": 4}, "kernel": 3},
+        {"type": "global_pool"},
+        {"type": "linear"},
+    ]
+    for options in ({"basis": "complete"},):
+        torch.manual_seed(0)
+        net = build_model(
+            "escnn", "D4", in_channels=1, image_size=11, num_classes=3, layers=layers, backend_options=options
+        )
+        results = check_network(net, (1, 11, 11), batch=2)
+        assert max(r.max_error for r in results) < TOL, [(r.name, r.max_error) for r in results]
