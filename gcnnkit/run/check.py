@@ -31,6 +31,7 @@ class EquivarianceReport:
     elements: str = "all"  # "all", or "exact": only the elements that permute pixels
     num_parameters: int = 0
     continuous_group: bool = False
+    element_names: tuple[str, ...] = ()  # the group's elements, in its order
 
     @property
     def worst(self) -> EquivarianceResult:
@@ -63,8 +64,11 @@ class EquivarianceReport:
         return self.continuous_group
 
     def per_angle(self) -> dict[str, float]:
-        """End-to-end relative error at each element checked (for SO(2)/O(2): each sampled angle)."""
-        return dict(self.results[-1].errors) if self.results else {}
+        """End-to-end relative error at each element checked (for SO(2)/O(2): each sampled angle), in the
+        group's element order."""
+        errors = self.results[-1].errors if self.results else {}
+        order = [g for g in self.element_names if g in errors] + [g for g in errors if g not in self.element_names]
+        return {g: errors[g] for g in order}
 
     def to_dict(self) -> dict[str, Any]:
         worst = self.worst
@@ -128,4 +132,5 @@ def check_equivariance(
         elements,
         model.num_parameters(),
         bool(getattr(group, "continuous", False)),
+        group.element_names,
     )
