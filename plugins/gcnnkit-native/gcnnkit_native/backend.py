@@ -9,6 +9,7 @@ from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv
 from gcnnkit_native.layers import FieldBatchNorm, GroupConv, LiftingConv
+from gcnnkit_native.steerable import SteerableConv
 
 
 class NativeBackend(Backend):
@@ -55,6 +56,21 @@ class NativeBackend(Backend):
         bias: bool = True,
     ) -> EquivariantConv:
         return GroupConv(group, in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias)
+
+    def steerable_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_type: FieldType,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> EquivariantConv:
+        """Any field types of an exact group (:mod:`gcnnkit_native.steerable`); interpolated groups are
+        refused in one line (they keep regular fields; the escnn backend has the rest)."""
+        return SteerableConv(group, in_type, out_type, kernel_size, stride, padding, dilation, bias)
 
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
         if in_type.kind == "group":
