@@ -193,3 +193,29 @@ def test_steerable_network_on_escnn_is_equivariant_layer_by_layer():
         )
         results = check_network(net, (1, 11, 11), batch=2)
         assert max(r.max_error for r in results) < TOL, [(r.name, r.max_error) for r in results]
+
+
+def test_steerable_conv_weights_transfer_exactly_between_native_and_escnn():
+    """Both backends export a steerable convolution as its whole filter and bias; with escnn's complete basis
+    both span the same kernels, so the transfer is exact both ways, with equal parameter counts."""
+    from gcnnkit.core.fields import FieldType, field_type_from_spec
+    from gcnnkit.core.registry import get_backend
+
+    group = get_group("D4")
+    native, escnn = get_backend("native"), get_backend("escnn").with_options(basis="complete")
+    mixed = field_type_from_spec(group, {"regular": 1, "quotient(None,2)": 1, "irrep(1,1)": 2, "trivial": 1}, "in")
+    out = field_type_from_spec(group, {"trivial": 2, "irrep(1,1)": 1, "regular": 1, "irrep(0,2)": 1}, "out")
+    for in_type, k in ((FieldType("image", 1), 5), (mixed, 3)):
+        for source, target in ((native, escnn), (escnn, native)):
+            torch.manual_seed(0)
+            a = source.steerable_conv(group, in_type, out, k, padding=k // 2).eval()
+            b = target.steerable_conv(group, in_type, out, k, padding=k // 2).eval()
+            with torch.no_grad():
+                for name, p in a.named_parameters():
+                    if "bias" in name:
+                        p.normal_()
+            assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+            assert target.import_weights(b, source.export_weights(a)) < 1e-6
+            x = torch.randn(2, in_type.size if in_type.kind == "steerable" else 1, 9, 9)
+            with torch.no_grad():
+                assert float((a(x) - b(x)).abs().max() / a(x).abs().max()) < TOL
