@@ -143,13 +143,13 @@ class Representation:
     # -------------------------------------------------------- subgroups
     def restrict(self, subgroup_id: Any) -> Representation:
         """This representation re-read on the subgroup ``subgroup_id`` of the group's catalog: the
-        matrices of the subgroup's elements, in the subgroup's element order."""
+        matrices of the subgroup's elements, in the subgroup's element order; named ``"irrep_1,1|C4"``."""
         sub, inclusion = self.group.subgroup(subgroup_id)
         if self.kind == "trivial":
             return trivial_representation(sub)
         return Representation(
             sub,
-            f"restrict[{_id_text(subgroup_id)}]({self.name})",
+            f"{self.name}|{sub.name}",
             self.matrices[torch.as_tensor(inclusion)],
             "restricted",
             (subgroup_id,),

@@ -13,6 +13,12 @@ mapping ``{type: ..., **params}``::
       - {type: global_pool, mode: avg}
       - {type: linear, out: classes}
 
+Steerable field types (``out: {regular: 8, irrep(1): 4, trivial: 2}``, see :mod:`gcnnkit.core.fields`)
+add ``norm_act`` (norm nonlinearity, ``fn: relu|sigmoid|softplus|squash``, learned bias), ``gated``
+(the first half of the fields gate the second half) and ``restrict`` (``subgroup: C4``: the
+network after it is equivariant to the subgroup only); ``batchnorm``, ``group_pool`` and
+``global_pool`` take any field type.
+
 Besides these, ``layernorm`` (per-sample normalisation with a per-field affine map),
 ``orbit_pool`` (pool over the group and its action on the map, then flatten: an invariant
 vector that keeps the spatial layout) and ``lift``/``gconv`` with ``out: classes`` (one field per
@@ -63,6 +69,10 @@ LAYER_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "global_pool": {"mode": ((str,), "avg")},
     "orbit_pool": {"mode": ((str,), "mean")},
     "linear": {"out": ((int, str), "classes"), "bias": ((bool,), True)},
+    # steerable field types (gcnnkit.core.steerable_layers)
+    "norm_act": {"fn": ((str,), "relu"), "bias": ((bool,), True)},
+    "gated": {},
+    "restrict": {"subgroup": ((str, int, list), REQUIRED)},
 }
 
 #: allowed values of string-valued params
@@ -72,6 +82,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("group_pool", "mode"): ("max", "mean"),
     ("global_pool", "mode"): ("max", "avg"),
     ("orbit_pool", "mode"): ("mean", "max"),
+    ("norm_act", "fn"): ("relu", "sigmoid", "softplus", "squash"),
 }
 
 LAYER_TYPES: tuple[str, ...] = tuple(LAYER_PARAMS) + tuple(ACTIVATIONS)
@@ -90,7 +101,15 @@ class LayerSpec:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "int", float: "number", str: "string", bool: "bool", type(None): "null", dict: "mapping"}
+    names = {
+        int: "int",
+        float: "number",
+        str: "string",
+        bool: "bool",
+        type(None): "null",
+        dict: "mapping",
+        list: "list",
+    }
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -155,6 +174,8 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
             raise SpecError(f"{where}.padding: {pad!r} is not allowed; allowed: 'same' or an int >= 0")
         if isinstance(pad, int) and pad < 0:
             raise SpecError(f"{where}.padding: must be >= 0, got {pad}")
+    if layer_type == "norm_act" and params["fn"] == "squash" and params["bias"]:
+        raise SpecError(f"{where}: norm_act fn 'squash' takes no bias; set bias: false")
     if layer_type == "layernorm" and not params["eps"] > 0:
         raise SpecError(f"{where}.eps: must be > 0, got {params['eps']}")
     if layer_type == "linear":
@@ -179,6 +200,11 @@ def _check_field_counts(out: dict, where: str) -> None:
     for name, count in out.items():
         if not isinstance(name, str):
             raise SpecError(f"{where}.out: representation names are strings, got {name!r}")
+        if name.count("(") != name.count(")") or name.count("[") != name.count("]"):
+            raise SpecError(
+                f"{where}.out: representation name {name!r} was cut at a comma (a YAML flow mapping "
+                f"{{...}} splits there); quote it, e.g. {{'irrep(1,1)': 2}}, or write the mapping in block style"
+            )
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise SpecError(f"{where}.out[{name!r}]: expected a field count >= 1, got {count!r}")
 

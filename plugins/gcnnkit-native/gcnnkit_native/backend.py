@@ -79,6 +79,8 @@ class NativeBackend(Backend):
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
         if in_type.kind == "group":
             return FieldBatchNorm(in_type.channels, group.order)  # with its NHWC path
+        if in_type.kind == "steerable":
+            return super().batch_norm(group, in_type)  # per field, norm-based on non-permutation fields
         return nn.BatchNorm2d(in_type.channels)
 
     # --------------------------------------------------------- weight transfer
