@@ -24,6 +24,7 @@ from gcnnkit.core.errors import SpecError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv
+from gcnnkit.core.steerable_layers import NORM_FUNCTIONS, gated_output_type
 from gcnnkit_escnn import transfer
 from gcnnkit_escnn.basis import BASES
 from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnPointwise
@@ -150,19 +151,25 @@ class EscnnBackend(Backend):
         return super().group_pool(group, in_type, mode)
 
     # ------------------------------------------------------- steerable nonlinearities
-    def norm_activation(self, group: Group, in_type: FieldType, fn: str = "relu", bias: bool = True) -> nn.Module:
-        """escnn's ``NormNonLinearity`` (norm-ReLU, one learned bias per field) on any field type."""
-        if fn != "relu":
-            raise SpecError(f"norm nonlinearity: {fn!r} is not allowed; allowed: relu")
-        return EscnnNormAct(group, in_type.field_reps(group), bias)
+    def norm_nonlinearity(self, group: Group, in_type: FieldType, fn: str = "relu", bias: bool = True) -> nn.Module:
+        """escnn's ``NormNonLinearity`` (one learned bias per field) on any field type."""
+        if fn not in NORM_FUNCTIONS:
+            raise SpecError(f"norm nonlinearity: unknown function {fn!r}; allowed: {', '.join(NORM_FUNCTIONS)}")
+        if fn == "squash" and bias:
+            raise SpecError("norm nonlinearity: 'squash' takes no bias; set bias: false")
+        return EscnnNormAct(group, in_type.field_reps(group), fn, bias)
 
-    def gated_activation(self, group: Group, in_type: FieldType, gates) -> nn.Module:
-        """escnn's ``GatedNonLinearity1``: ``gates[i]`` marks the trivial gate fields of ``in_type``; the
-        ``i``-th gate gates the ``i``-th other field; the gates are dropped."""
-        return EscnnGated(group, in_type.field_reps(group), gates)
+    def gated_nonlinearity(self, group: Group, in_type: FieldType) -> nn.Module:
+        """escnn's ``GatedNonLinearity1``: the first half of the fields are the trivial gates, gate ``i`` gates
+        field ``n + i``; the gates are dropped (an all-regular output is a group map)."""
+        out_type = gated_output_type(group, in_type, "gated")
+        reps = in_type.field_reps(group)
+        n = len(reps) // 2
+        return EscnnGated(group, reps, [True] * n + [False] * n, group_layout=out_type.kind == "group")
 
     def restrict(self, group: Group, in_type: FieldType, subgroup_id) -> nn.Module:
         """escnn's ``RestrictionModule``: the same values, read as fields of the subgroup ``subgroup_id``."""
+        group.subgroup(subgroup_id)  # one-line error for an unknown subgroup
         return EscnnRestriction(group, in_type.field_reps(group), subgroup_id)
 
     # ----------------------------------------------------------- pointwise layers

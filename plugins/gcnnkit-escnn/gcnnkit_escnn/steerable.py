@@ -198,20 +198,25 @@ class EscnnFieldConv(_SteerableLayer, EquivariantConv):
 
 
 # ----------------------------------------------------------------------------- nonlinearities
+#: gcnnkit's norm functions → escnn's ``NormNonLinearity`` names.
+NORM_FUNCTIONS = {"relu": "n_relu", "sigmoid": "n_sigmoid", "softplus": "n_softplus", "squash": "squash"}
+
+
 class EscnnNormAct(_SteerableLayer, EquivariantLayer):
-    """escnn's ``NormNonLinearity`` (``n_relu``): each field ``x ↦ x · relu(|x| − b)/|x|``, one learned
-    ``b > 0`` per field (escnn stores ``log b``). Equivariant for any orthogonal representation."""
+    """escnn's ``NormNonLinearity``: each field ``x ↦ x · φ(|x| − b)/|x|`` (``φ``: relu, sigmoid, softplus;
+    ``squash``: ``t/(1+t)``, no bias), one learned ``b > 0`` per field (escnn stores ``log b``). Equivariant
+    for any orthogonal representation."""
 
     escnn_children = ("module",)
 
-    def __init__(self, group: Group, in_reps: Sequence[Any], bias: bool = True) -> None:
+    def __init__(self, group: Group, in_reps: Sequence[Any], fn: str = "relu", bias: bool = True) -> None:
         super().__init__()
         self._common(group, in_reps)
-        self.has_bias = bias
+        self.fn, self.has_bias = fn, bias
         self._build(initialize=True)
 
     def _build(self, initialize: bool) -> None:
-        self.module = enn.NormNonLinearity(self.in_type, "n_relu", bias=self.has_bias)
+        self.module = enn.NormNonLinearity(self.in_type, NORM_FUNCTIONS[self.fn], bias=self.has_bias)
         sizes = [r.size for r in self.in_type.representations]
         # escnn's log_bias[j] belongs to field bias_order[j]
         self.register_buffer("bias_order", torch.tensor(_size_order(sizes), dtype=torch.long), persistent=False)
@@ -247,10 +252,11 @@ class EscnnGated(_SteerableLayer, EquivariantLayer):
 
     escnn_children = ("module",)
 
-    def __init__(self, group: Group, in_reps: Sequence[Any], gates: Sequence[bool]) -> None:
+    def __init__(self, group: Group, in_reps: Sequence[Any], gates: Sequence[bool], group_layout: bool = False) -> None:
         super().__init__()
         self._common(group, in_reps)
         self.gates = tuple(bool(g) for g in gates)
+        self.group_layout = group_layout  # output [B, C, |G|, H, W] (all gated fields regular)
         if len(self.gates) != len(self.in_reps) or sum(self.gates) * 2 != len(self.gates):
             raise ValueError(f"gated nonlinearity: {sum(self.gates)} gates for {len(self.gates)} fields")
         self._build(initialize=True)
@@ -282,7 +288,8 @@ class EscnnGated(_SteerableLayer, EquivariantLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = flat(x).index_select(1, self.gate_index)
-        return self.module(GeometricTensor(x, self.module.in_type)).tensor.to(x.dtype)
+        y = self.module(GeometricTensor(x, self.module.in_type)).tensor.to(x.dtype)
+        return y.unflatten(1, (len(self.gates) - sum(self.gates), -1)) if self.group_layout else y
 
     def export_plain(self) -> nn.Module:
         raise NotImplementedError("a gated nonlinearity is not a plain torch module")
@@ -346,7 +353,8 @@ class EscnnFieldBatchNorm(_SteerableLayer, EquivariantLayer):
 class EscnnRestriction(_SteerableLayer, EquivariantLayer):
     """escnn's ``RestrictionModule``: the same tensor, its fields re-read as representations of the
     subgroup ``subgroup_id`` (escnn's id: ``(None, M)`` for C_M in D_N, ``M`` for C_M in C_N). Identity on
-    the values; the layers after it are built on :attr:`sub_gspace`."""
+    the values (a group map ``[B, C, |G|, H, W]`` comes out flattened, ``[B, C·|G|, H, W]``: its fields are
+    no longer regular ones of the subgroup); the layers after it are built on :attr:`sub_gspace`."""
 
     escnn_children = ("module",)
 
@@ -364,10 +372,11 @@ class EscnnRestriction(_SteerableLayer, EquivariantLayer):
         return self.module.out_type.gspace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(GeometricTensor(flat(x), self.module.in_type)).tensor.view(x.shape)
+        return self.module(GeometricTensor(flat(x), self.module.in_type)).tensor  # a group map is flattened
 
     def export_plain(self) -> nn.Module:
-        return nn.Identity()
+        regular = all(getattr(r, "kind", None) == "regular" for r in self.in_reps)
+        return nn.Flatten(1, 2) if regular else nn.Identity()
 
 
 class EscnnInvariantPool(_SteerableLayer, EquivariantLayer):

@@ -20,9 +20,10 @@ slice is a transformed copy), so matching it matches the bank.
 
 Steerable layers (:mod:`gcnnkit_escnn.steerable`, any field types): a convolution's transfer format is
 its whole expanded filter ``weight`` ``[D_out, D_in, k, k]`` and bias ``[D_out]`` (basis-free, so any two
-bases of the same space transfer exactly; imported per pair of fields by least squares); norm and gated
-nonlinearities ``bias`` ``[fields]`` / ``[gates]`` in field order; the field batch norm ``weight``,
-``bias``, ``running_mean``, ``running_var`` ``[fields]`` in field order
+bases of the same space transfer exactly; imported per pair of fields by least squares); the norm
+nonlinearity ``log_bias`` ``[fields]`` (``b = exp(log_bias)``), the gated one ``bias`` ``[gates]``, in
+field order; the field batch norm ``weight``, ``bias``, ``running_mean``, ``running_var`` ``[fields]`` in
+field order
 (:func:`~gcnnkit_escnn.steerable.field_batch_norm_state`).
 """
 
@@ -52,9 +53,11 @@ def export_weights(layer: nn.Module) -> dict[str, torch.Tensor]:
         if _bias is not None:
             state["bias"] = _bias.detach().clone()
         return state
-    if isinstance(layer, (steerable.EscnnNormAct, steerable.EscnnGated)):
+    if isinstance(layer, steerable.EscnnNormAct):
         bias = layer.field_bias()
-        return {} if bias is None else {"bias": bias.clone()}
+        return {} if bias is None else {"log_bias": torch.log(bias).clone()}
+    if isinstance(layer, steerable.EscnnGated):
+        return {"bias": layer.field_bias().clone()}
     if isinstance(layer, steerable.EscnnFieldBatchNorm):
         return steerable.field_batch_norm_state(layer)
     if isinstance(layer, EscnnConv):
@@ -92,9 +95,12 @@ def import_weights(layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float
     """Load transfer-format ``state`` into ``layer``; the relative residual of the projection (0 if exact)."""
     if isinstance(layer, steerable.EscnnFieldConv):
         return steerable.load_field_conv_state(layer, state)
-    if isinstance(layer, (steerable.EscnnNormAct, steerable.EscnnGated)):
-        if "bias" in state:
-            layer.set_field_bias(state["bias"])
+    if isinstance(layer, steerable.EscnnNormAct):
+        if "log_bias" in state:
+            layer.set_field_bias(torch.exp(state["log_bias"].to(torch.float64)))
+        return 0.0
+    if isinstance(layer, steerable.EscnnGated):
+        layer.set_field_bias(state["bias"])
         return 0.0
     if isinstance(layer, steerable.EscnnFieldBatchNorm):
         steerable.load_field_batch_norm_state(layer, state)
