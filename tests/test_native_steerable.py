@@ -149,3 +149,48 @@ def test_a_network_with_steerable_fields_builds_and_is_equivariant_on_native():
     ]
     for result in check_network(net, (1, 11, 11)):
         assert result.max_error <= 1e-10, result.name
+
+
+def test_continuous_groups_are_refused_by_the_native_backend_in_one_line():
+    from gcnnkit.core.errors import UnsupportedGroupError
+    from gcnnkit.core.group import Group, cyclic_group
+    from gcnnkit.models.network import build_network
+    from gcnnkit.models.spec import parse_layers
+
+    class Sampled(Group):  # what a continuous-group plugin (SO(2) on its samples) looks like to a backend
+        continuous = True
+
+    c8 = cyclic_group(8)
+    so2 = Sampled("SO2", c8.element_names, c8.matrices, api_version=1, representations=c8.representations)
+    specs = parse_layers([{"type": "lift", "out": {"irrep(1)": 2}}, "group_pool", "global_pool"])
+    with pytest.raises(UnsupportedGroupError) as info:
+        build_network(specs, get_backend("native"), so2, 1, 2)
+    assert str(info.value) == (
+        "backend 'native' does not support group SO2: it is continuous, and the native backend builds filter "
+        "banks for finite groups only; use model.backend=escnn"
+    )
+
+
+@pytest.mark.parametrize("name", NATIVE_GROUPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_backend_passes_the_steerable_conformance_helper(name, dtype):
+    from gcnnkit.testing.steerable import assert_steerable_conforms
+
+    errors = assert_steerable_conforms(get_backend("native"), GROUPS[name], dtype)
+    assert "steerable_conv all→all" in errors and "gated_nonlinearity" in errors
+    assert sum(key.startswith("restrict") for key in errors) == len(GROUPS[name].subgroups())
+
+
+def test_the_steerable_conformance_helper_catches_a_broken_layer():
+    from gcnnkit.core.backend import Backend
+    from gcnnkit.testing.steerable import assert_steerable_conforms
+
+    native = get_backend("native")
+
+    class PointwiseNorm(type(native)):  # a "norm" nonlinearity that is really a pointwise ReLU
+        def norm_nonlinearity(self, group, in_type, fn="relu", bias=True):
+            return torch.nn.ReLU()
+
+    assert issubclass(PointwiseNorm, Backend)
+    with pytest.raises(AssertionError, match=r"backend 'native' on D4 \(torch.float64\): .* in norm_nonlinearity: "):
+        assert_steerable_conforms(PointwiseNorm(), GROUPS["D4"])

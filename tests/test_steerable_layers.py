@@ -216,3 +216,26 @@ def test_restrict_accepts_escnn_subgroup_ids():
     assert net.layer_groups[1].name == "C2"
     backend = get_backend("native")
     assert backend.restrict(GROUPS["C4"], FieldType("group", 1), 2).subgroup.name == "C2"
+
+
+def test_a_steerable_network_exports_to_plain_torch():
+    from gcnnkit.tools.export import export_model
+
+    layers = [
+        {"type": "lift", "out": {"regular": 2, "irrep(1,1)": 2, "trivial": 2}, "kernel": 3},
+        "batchnorm",
+        "norm_act",
+        {"type": "gconv", "out": {"trivial": 2, "regular": 2}, "kernel": 3},
+        "gated",  # an all-regular output: [B, C, |G|, H, W] in the network, flattened in the export
+        {"type": "restrict", "subgroup": "C4"},
+        {"type": "gconv", "out": {"irrep(1)": 2}, "kernel": 3},
+        "group_pool",
+        "global_pool",
+        "linear",
+    ]
+    net = build_model("native", "D4", layers=layers, in_channels=1, image_size=8, num_classes=3)
+    net.train()(torch.randn(4, 1, 8, 8))
+    plain = export_model(net.eval(), image_size=8)
+    assert plain.gcnnkit_export.rel_error <= 1e-6
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(plain(x), net(x), rtol=1e-5, atol=1e-6)

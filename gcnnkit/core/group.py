@@ -48,6 +48,9 @@ class GroupAxiomError(AssertionError):
 class Group:
     """A finite group acting on the pixel grid through 2×2 orthogonal matrices.
 
+    A plugin may subclass it for a continuous group (SO(2), O(2)) that acts through finitely many
+    sampled elements and sets :attr:`continuous`; backends that build finite filter banks refuse those.
+
     Args:
         name: registry name, e.g. ``"C4"``.
         element_names: one name per element; index 0 must be the identity.
@@ -62,6 +65,9 @@ class Group:
             representations. ``C_N``/``D_N`` built by :func:`cyclic_group`/:func:`dihedral_group` have
             escnn's; without one a group offers ``trivial`` and ``regular`` only.
     """
+
+    #: True for a continuous group given by samples of its elements (backends with finite filter banks refuse it).
+    continuous: bool = False
 
     def __init__(
         self,

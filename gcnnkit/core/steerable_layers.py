@@ -24,6 +24,8 @@ layout of ``C`` regular fields), so they export as they are.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,7 @@ from torch import nn
 from gcnnkit.core.errors import SpecError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
+from gcnnkit.core.layers import EquivariantLayer
 
 #: Norm nonlinearities ``φ`` (escnn's ``n_relu``, ``n_sigmoid``, ``n_softplus``, ``squash``).
 NORM_FUNCTIONS = ("relu", "sigmoid", "softplus", "squash")
@@ -103,9 +106,12 @@ def gated_output_type(group: Group, in_type: FieldType, where: str) -> FieldType
     return FieldType.of(reps[n:])
 
 
-class GatedNonlinearity(nn.Module):
+class GatedNonlinearity(EquivariantLayer):
     """``[B, D, H, W] → [B, D', H, W]``: gated field ``i`` times ``sigmoid(gate_i − bias_i)``; the gates
-    (the first half of the fields) are dropped. An all-regular output is ``[B, C, |G|, H, W]``."""
+    (the first half of the fields) are dropped. An all-regular output is ``[B, C, |G|, H, W]`` (its
+    :meth:`export_plain` keeps the flattened layout)."""
+
+    flat_output = False
 
     def __init__(self, group: Group, in_type: FieldType) -> None:
         super().__init__()
@@ -119,9 +125,15 @@ class GatedNonlinearity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates = torch.sigmoid(x[:, : self.gates] - self.bias.to(x.dtype)[:, None, None])
         y = x[:, self.gates :] * gates.index_select(1, self.index)
-        if self.out_type.kind == "group":
+        if self.out_type.kind == "group" and not self.flat_output:
             return y.reshape(y.shape[0], self.out_type.channels, self.order, *y.shape[-2:])
         return y
+
+    def export_plain(self) -> nn.Module:
+        """A copy that returns the flattened layout ``[B, C·|G|, H, W]`` for an all-regular output."""
+        plain = copy.deepcopy(self)
+        plain.flat_output = True
+        return plain
 
     def extra_repr(self) -> str:
         return f"gates={self.gates}, out={self.out_type}"

@@ -61,6 +61,14 @@ class NativeBackend(Backend):
     ) -> EquivariantConv:
         return GroupConv(group, in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias)
 
+    def supports(self, group: Group) -> str | None:
+        if group.continuous:
+            return (
+                "it is continuous, and the native backend builds filter banks for finite groups only; "
+                "use model.backend=escnn"
+            )
+        return None
+
     def steerable_conv(
         self,
         group: Group,
