@@ -219,3 +219,41 @@ def test_steerable_conv_weights_transfer_exactly_between_native_and_escnn():
             x = torch.randn(2, in_type.size if in_type.kind == "steerable" else 1, 9, 9)
             with torch.no_grad():
                 assert float((a(x) - b(x)).abs().max() / a(x).abs().max()) < TOL
+
+
+@pytest.mark.parametrize("basis", ["escnn", "complete"])
+@pytest.mark.parametrize("name", ["C4", pytest.param("D4", marks=pytest.mark.slow)])
+def test_escnn_backend_passes_the_steerable_conformance_in_float32(name, basis):
+    """Every steerable factory on a field type of every representation (gcnnkit.testing.steerable). escnn
+    samples its bases in float32, so float32 is the precision its steerable convolutions are exact to."""
+    from gcnnkit.core.registry import get_backend
+    from gcnnkit.testing.steerable import assert_steerable_conforms
+
+    errors = assert_steerable_conforms(get_backend("escnn").with_options(basis=basis), get_group(name), torch.float32)
+    assert {"norm_nonlinearity", "gated_nonlinearity"} <= {k.split(" ")[0] for k in errors}
+
+
+def test_escnn_steerable_layers_export_to_the_core_layers():
+    from gcnnkit.core.fields import field_type_from_spec
+    from gcnnkit.core.registry import get_backend
+
+    group = get_group("D4")
+    backend = get_backend("escnn")
+    ftype = field_type_from_spec(group, {"trivial": 2, "regular": 1, "irrep(1,1)": 1}, "x")
+    x = torch.randn(2, ftype.size, 5, 5)
+    bn = backend.batch_norm(group, ftype)
+    bn.train()(x * 2 + 1)
+    gated_in = field_type_from_spec(group, {"trivial": 2, "regular": 1, "irrep(1,1)": 1}, "x")
+    for layer in (
+        backend.norm_nonlinearity(group, ftype),
+        bn,
+        backend.gated_nonlinearity(group, gated_in),
+        backend.group_pool(group, ftype, "max"),
+    ):
+        layer.eval()
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if "bias" in name:
+                    p.copy_(torch.rand_like(p) + 0.1)
+            expected = layer(x)
+            assert torch.allclose(layer.export_plain()(x).reshape(expected.shape), expected, atol=1e-5)

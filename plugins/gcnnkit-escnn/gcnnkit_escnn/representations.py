@@ -55,7 +55,11 @@ def rep_key(rep: Any) -> tuple[str, tuple]:
 
 
 def is_permutation(rep: Any) -> bool:
-    """True when ``rep`` acts by permutation matrices (trivial, regular, quotient)."""
+    """True when ``rep`` acts by permutation matrices (trivial, regular, quotient, ``irrep(0)``, ...): gcnnkit's
+    ``Representation.is_permutation`` (from its matrices), else by kind for a ``(kind, params)`` tuple."""
+    known = getattr(rep, "is_permutation", None)
+    if isinstance(known, bool):
+        return known
     return rep_key(rep)[0] in PERMUTATION_KINDS
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv, EquivariantLayer, eval_cached
 from gcnnkit_escnn._compat import enn
@@ -239,7 +240,14 @@ class EscnnNormAct(_SteerableLayer, EquivariantLayer):
         return y.view(x.shape)
 
     def export_plain(self) -> nn.Module:
-        raise NotImplementedError("a norm nonlinearity is not a plain torch module")
+        """The core's :class:`~gcnnkit.core.steerable_layers.NormNonlinearity` with this bias."""
+        from gcnnkit.core.steerable_layers import NormNonlinearity
+
+        plain = NormNonlinearity(self.group, FieldType("steerable", reps=self.in_reps), self.fn, self.has_bias)
+        if plain.log_bias is not None:
+            with torch.no_grad():
+                plain.log_bias.copy_(torch.log(self.field_bias()))
+        return plain
 
 
 class EscnnGated(_SteerableLayer, EquivariantLayer):
@@ -277,6 +285,25 @@ class EscnnGated(_SteerableLayer, EquivariantLayer):
         self.register_buffer("gate_index", index, persistent=False)
         self.register_buffer("bias_order", torch.tensor(order, dtype=torch.long), persistent=False)
 
+    def _gated(self, x: torch.Tensor) -> torch.Tensor:
+        """GatedNonLinearity1's computation on ``x`` (gates already in escnn's order), in ``x``'s dtype."""
+        module = self.module
+        gate_slots = [c for c, g in zip(_field_offsets(module.in_type.representations), self.gates, strict=True) if g]
+        gates = torch.sigmoid(x[:, gate_slots] - module.bias.to(x.dtype).reshape(1, -1, 1, 1))
+        gated = [
+            (c, r.size)
+            for c, r, g in zip(
+                _field_offsets(module.in_type.representations), module.in_type.representations, self.gates, strict=True
+            )
+            if not g
+        ]
+        order = _size_order([size for _, size in gated])  # escnn's j-th gate → j-th gated field in size order
+        parts = [None] * len(gated)
+        for j, i in enumerate(order):
+            c, size = gated[i]
+            parts[i] = x[:, c : c + size] * gates[:, j : j + 1]
+        return torch.cat(parts, dim=1)
+
     def field_bias(self) -> torch.Tensor:
         """``[gates]`` bias in field order."""
         b = self.module.bias.detach().reshape(-1)
@@ -288,11 +315,21 @@ class EscnnGated(_SteerableLayer, EquivariantLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = flat(x).index_select(1, self.gate_index)
-        y = self.module(GeometricTensor(x, self.module.in_type)).tensor.to(x.dtype)
+        if x.dtype == torch.float32:
+            y = self.module(GeometricTensor(x, self.module.in_type)).tensor
+        else:  # escnn's GatedNonLinearity1 allocates a float32 output: the same computation in x's dtype
+            y = self._gated(x)
         return y.unflatten(1, (len(self.gates) - sum(self.gates), -1)) if self.group_layout else y
 
     def export_plain(self) -> nn.Module:
-        raise NotImplementedError("a gated nonlinearity is not a plain torch module")
+        """The core's :class:`~gcnnkit.core.steerable_layers.GatedNonlinearity` with this bias (flattened
+        layout)."""
+        from gcnnkit.core.steerable_layers import GatedNonlinearity
+
+        plain = GatedNonlinearity(self.group, FieldType("steerable", reps=self.in_reps))
+        with torch.no_grad():
+            plain.bias.copy_(self.field_bias())
+        return plain.export_plain() if hasattr(plain, "export_plain") else plain
 
 
 def _field_offsets(reps) -> list[int]:
@@ -307,7 +344,13 @@ def _field_offsets(reps) -> list[int]:
 class EscnnFieldBatchNorm(_SteerableLayer, EquivariantLayer):
     """Batch norm per field: escnn's ``InnerBatchNorm`` on the permutation fields (trivial, regular,
     quotient: mean and variance over a field's channels) and ``NormBatchNorm`` on the others (no
-    mean; the field divided by the root mean square of its norm, times a learned scale)."""
+    mean; the field divided by the root mean square of its norm per channel, times a learned scale).
+
+    In eval mode both are escnn's modules as they are. In training, escnn's ``NormBatchNorm`` divides by
+    its *running* variance (updated first, so the output of a batch depends on the batches before it and
+    two calls on the same batch differ); here training divides by the batch's own variance, as torch's batch
+    norm and the native backend do, and updates escnn's running variance with the same momentum (biased
+    estimate, as the native backend), so both backends train the same model."""
 
     escnn_children = ("inner", "norm")
 
@@ -333,20 +376,56 @@ class EscnnFieldBatchNorm(_SteerableLayer, EquivariantLayer):
         self.norm = enn.NormBatchNorm(enn.FieldType(gspace, [reps[i] for i in other])) if other else nn.Identity()
         self.register_buffer("perm_channels", channels(perm), persistent=False)
         self.register_buffer("norm_channels", channels(other), persistent=False)
+        # norm fields: the field (0..len(other)-1) of each of their channels, and each field's size
+        self.register_buffer(
+            "norm_index",
+            torch.tensor([j for j, i in enumerate(other) for _ in range(reps[i].size)], dtype=torch.long),
+            persistent=False,
+        )
+        self.norm_sizes = [reps[i].size for i in other]
+
+    def _norm_train(self, part: torch.Tensor) -> torch.Tensor:
+        """Norm fields in training: divide by the batch's mean of ``|x|²/size`` per field; update escnn's
+        running variance."""
+        fields = len(self.norm_sizes)
+        sq = part.new_zeros(part.shape[0], fields, *part.shape[2:]).index_add(1, self.norm_index, part * part)
+        sizes = torch.tensor(self.norm_sizes, dtype=part.dtype, device=part.device)
+        var = sq.mean(dim=(0, 2, 3)) / sizes
+        groups = _fields_by_size(self.norm_sizes)
+        weight = part.new_ones(fields)
+        with torch.no_grad():
+            for s, members in groups.items():
+                running = getattr(self.norm, f"{s}_running_var")
+                running.lerp_(var.detach()[members].reshape(running.shape).to(running.dtype), self.norm.momentum)
+            self.norm.num_batches_tracked += 1
+        for s, members in groups.items():
+            w = getattr(self.norm, f"{s}_weight", None)
+            if w is not None:
+                weight = weight.index_put((torch.tensor(members, device=part.device),), w.reshape(-1).to(part.dtype))
+        scale = weight / (var + self.norm.eps).sqrt()
+        return part * scale.index_select(0, self.norm_index)[:, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = flat(x)
         out = torch.empty_like(y)
         if self.perm_fields:
             part = y.index_select(1, self.perm_channels)
-            out[:, self.perm_channels] = self.inner(GeometricTensor(part, self.inner.in_type)).tensor
+            out[:, self.perm_channels] = self.inner(GeometricTensor(part, self.inner.in_type)).tensor.to(y.dtype)
         if self.norm_fields:
             part = y.index_select(1, self.norm_channels)
-            out[:, self.norm_channels] = self.norm(GeometricTensor(part, self.norm.in_type)).tensor.to(y.dtype)
+            if self.training:
+                out[:, self.norm_channels] = self._norm_train(part)
+            else:
+                out[:, self.norm_channels] = self.norm(GeometricTensor(part, self.norm.in_type)).tensor.to(y.dtype)
         return out.view(x.shape)
 
     def export_plain(self) -> nn.Module:
-        raise NotImplementedError("a field batch norm over non-permutation fields is not a plain torch module")
+        """The core's :class:`~gcnnkit.core.steerable_layers.SteerableBatchNorm` with these statistics."""
+        from gcnnkit.core.steerable_layers import SteerableBatchNorm
+
+        plain = SteerableBatchNorm(self.group, FieldType("steerable", reps=self.in_reps))
+        plain.load_state_dict(field_batch_norm_state(self))
+        return plain.eval()
 
 
 # ----------------------------------------------------------------------------- restriction, pooling
@@ -365,13 +444,20 @@ class EscnnRestriction(_SteerableLayer, EquivariantLayer):
         self._build(initialize=True)
 
     def _build(self, initialize: bool) -> None:
-        self.module = enn.RestrictionModule(self.in_type, self.subgroup_id)
+        try:
+            self.module = enn.RestrictionModule(self.in_type, self.subgroup_id)
+        except AssertionError:
+            # escnn 1.0.11 does not wrap the mirror axis of D4's subgroup (3, 1) below 2π and asserts;
+            # the layer is the identity either way, and escnn has no gspace for that mirror to build on
+            self.module = nn.Identity()
 
     @property
     def sub_gspace(self):
-        return self.module.out_type.gspace
+        return None if isinstance(self.module, nn.Identity) else self.module.out_type.gspace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.module, nn.Identity):
+            return flat(x)
         return self.module(GeometricTensor(flat(x), self.module.in_type)).tensor  # a group map is flattened
 
     def export_plain(self) -> nn.Module:
@@ -419,19 +505,26 @@ class EscnnInvariantPool(_SteerableLayer, EquivariantLayer):
         out = y.new_empty(y.shape[0], self.fields, *y.shape[2:])
         if len(self.perm_out):
             part = y.index_select(1, self.perm_channels)
-            if self.mode == "max":
+            if self.mode == "max" and y.dtype == torch.float32:
                 out[:, self.perm_out] = self.pool(GeometricTensor(part, self.pool.in_type)).tensor
-            else:
+            else:  # mean; or max in another dtype (escnn's GroupPooling allocates a float32 output)
                 sizes = [r.size for r in self.pool.in_type.representations]
-                means = [chunk.mean(dim=1) for chunk in part.split(sizes, dim=1)]
-                out[:, self.perm_out] = torch.stack(means, dim=1)
+                reduce = (lambda c: c.mean(dim=1)) if self.mode == "mean" else (lambda c: c.amax(dim=1))
+                out[:, self.perm_out] = torch.stack([reduce(c) for c in part.split(sizes, dim=1)], dim=1)
         if len(self.norm_out):
             part = y.index_select(1, self.norm_channels)
-            out[:, self.norm_out] = self.norm(GeometricTensor(part, self.norm.in_type)).tensor.to(y.dtype)
+            if y.dtype == torch.float32:
+                out[:, self.norm_out] = self.norm(GeometricTensor(part, self.norm.in_type)).tensor
+            else:  # escnn's NormPool allocates a float32 output: the same norms in y's dtype
+                sizes = [r.size for r in self.norm.in_type.representations]
+                out[:, self.norm_out] = torch.stack([c.norm(dim=1) for c in part.split(sizes, dim=1)], dim=1)
         return out
 
     def export_plain(self) -> nn.Module:
-        raise NotImplementedError("invariant pooling of non-permutation fields is not a plain torch module")
+        """The core's :class:`~gcnnkit.core.steerable_layers.InvariantPool` (it has no weights)."""
+        from gcnnkit.core.steerable_layers import InvariantPool
+
+        return InvariantPool(self.group, FieldType("steerable", reps=self.in_reps), self.mode)
 
 
 # ----------------------------------------------------------------------------- transfer format

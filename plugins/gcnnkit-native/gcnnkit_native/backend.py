@@ -27,14 +27,6 @@ class NativeBackend(Backend):
     name = "native"
     api_version = BACKEND_API_VERSION
 
-    def supports(self, group: Group) -> str | None:
-        if getattr(group, "continuous", False):
-            return (
-                f"{group.name} is a continuous group and the native backend builds finite groups only; "
-                f"use model.backend=escnn"
-            )
-        return None
-
     def lifting_conv(
         self,
         group: Group,
