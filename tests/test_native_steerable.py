@@ -194,3 +194,30 @@ def test_the_steerable_conformance_helper_catches_a_broken_layer():
     assert issubclass(PointwiseNorm, Backend)
     with pytest.raises(AssertionError, match=r"backend 'native' on D4 \(torch.float64\): .* in norm_nonlinearity: "):
         assert_steerable_conforms(PointwiseNorm(), GROUPS["D4"])
+
+
+@pytest.mark.parametrize("name", NATIVE_GROUPS)
+def test_regular_fields_span_the_same_kernels_as_the_regular_group_conv(name):
+    """A regular group conv's bank, read on the orbits, is a SteerableConv's bank between regular fields: the
+    same space and the same channel order."""
+    from gcnnkit_native.layers import GroupConv, LiftingConv
+
+    group = GROUPS[name]
+    regular = FieldType("steerable", reps=(group.regular(),) * 2)
+    for ref, t_in in (
+        (GroupConv(group, 3, 2, 3, padding=1), FieldType("steerable", reps=(group.regular(),) * 3)),
+        (LiftingConv(group, 3, 2, 3, padding=1), FieldType("image", 3)),
+    ):
+        steer = SteerableConv(group, t_in, regular, 3, padding=1, bias=False)
+        bank = ref.filter_bank().detach()
+        with torch.no_grad():
+            for u, v, how in steer._pairs:
+                assert how == "orbit"
+                w = getattr(steer, f"weight_{u}_{v}")
+                flat, gather = bank.reshape(-1), getattr(steer, f"gather_{u}_{v}")
+                # every entry of the reference bank is constant on the orbits of the steerable layer
+                values = torch.zeros(w.numel()).scatter_reduce(0, gather, flat, "amax", include_self=False)
+                lows = torch.zeros(w.numel()).scatter_reduce(0, gather, flat, "amin", include_self=False)
+                assert torch.equal(values, lows)
+                w.copy_(values.reshape(w.shape))
+        assert torch.equal(steer.filter_bank(), bank)

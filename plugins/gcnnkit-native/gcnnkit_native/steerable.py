@@ -200,6 +200,8 @@ class SteerableConv(EquivariantConv):
                 if ro.is_permutation and ri.is_permutation:
                     index, n = orbit_index(ro, ri, kernel_size)
                     self.register_buffer(f"orbit_{u}_{v}", index, persistent=False)
+                    gather = _block_gather(index, n, self.out_counts[u], self.in_counts[v], ro.size, ri.size)
+                    self.register_buffer(f"gather_{u}_{v}", gather, persistent=False)
                     std = math.sqrt(2.0 / fan_in)
                     self._pairs.append((u, v, "orbit"))
                 else:
@@ -229,19 +231,20 @@ class SteerableConv(EquivariantConv):
         w = getattr(self, f"weight_{u}_{v}")
         nu, nv = w.shape[:2]
         do, di, k = self.out_types[u].size, self.in_types[v].size, self.kernel_size
-        if how == "orbit":
-            block = w[:, :, getattr(self, f"orbit_{u}_{v}")]  # one gather: [nu, nv, do·di·k²]
-        else:
-            basis = getattr(self, f"basis_{u}_{v}").to(w.dtype)
-            block = torch.einsum("uvb,bn->uvn", w, basis.reshape(basis.shape[0], do * di * k * k))
+        if how == "orbit":  # one gather, indices precomputed in the block's final order
+            block = w.reshape(-1).index_select(0, getattr(self, f"gather_{u}_{v}"))
+            return block.reshape(nu * do, nv * di, k, k)
+        basis = getattr(self, f"basis_{u}_{v}").to(w.dtype)
+        block = torch.einsum("uvb,bn->uvn", w, basis.reshape(basis.shape[0], do * di * k * k))
         block = block.reshape(nu, nv, do, di, k, k).permute(0, 2, 1, 3, 4, 5)
         return block.reshape(nu * do, nv * di, k, k)
 
     def _bank(self) -> torch.Tensor:
         rows = []
         for u in range(len(self.out_types)):
-            rows.append(torch.cat([self._block(u, v, how) for uu, v, how in self._pairs if uu == u], dim=1))
-        bank = torch.cat(rows, dim=0)
+            blocks = [self._block(u, v, how) for uu, v, how in self._pairs if uu == u]
+            rows.append(blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1))
+        bank = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
         if self.out_perm is not None:
             bank = bank.index_select(0, self.out_perm)
         if self.in_perm is not None:
@@ -294,6 +297,15 @@ class SteerableConv(EquivariantConv):
             f"group={self.group.name}, in={self.in_type}, out={self.out_type}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, bias={self.has_bias}"
         )
+
+
+def _block_gather(orbit: torch.Tensor, n: int, nu: int, nv: int, do: int, di: int) -> torch.Tensor:
+    """``[nu·do·nv·di·k²]`` long: for the block ``[(o, a), (i, b), p]`` of a weight ``[nu, nv, n]``, the flat
+    index ``(o·nv + i)·n + orbit[a, b, p]`` (so the block is one ``index_select``, no permute copy)."""
+    orbit = orbit.reshape(do, di, -1)
+    o = torch.arange(nu)[:, None, None, None, None]
+    i = torch.arange(nv)[None, None, :, None, None]
+    return ((o * nv + i) * n + orbit[None, :, None, :, :]).reshape(-1)
 
 
 def _inverse_or_none(order: torch.Tensor) -> torch.Tensor | None:
