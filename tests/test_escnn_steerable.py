@@ -257,3 +257,32 @@ def test_escnn_steerable_layers_export_to_the_core_layers():
                     p.copy_(torch.rand_like(p) + 0.1)
             expected = layer(x)
             assert torch.allclose(layer.export_plain()(x).reshape(expected.shape), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["SO2", "O2_2"])
+def test_continuous_group_network_is_equivariant_at_the_exact_samples(name):
+    """SO(2)/O(2) on escnn: every layer equivariant at the multiples of 90° (and the mirrors of O2); the
+    interpolated angles are measured on smooth images and stay small end to end."""
+    from gcnnkit.core.equivariance import check_network
+    from gcnnkit.models.network import build_model
+
+    group = get_group(name)
+    irrep = "irrep(1)" if name == "SO2" else "irrep(1,1)"
+    layers = [
+        {"type": "lift", "out": {"trivial": 2, irrep: 2}, "kernel": 5},
+        "batchnorm",
+        {"type": "norm_act"},
+        {"type": "gconv", "out": {"trivial": 2, irrep: 2}, "kernel": 3},
+        {"type": "group_pool"},
+        {"type": "global_pool"},
+        {"type": "linear"},
+    ]
+    torch.manual_seed(0)
+    net = build_model("escnn", name, in_channels=1, image_size=15, num_classes=3, layers=layers)
+    exact = [g for g in range(group.order) if group.is_exact(g)]
+    assert len(exact) == (4 if name == "SO2" else 8)
+    results = check_network(net, (1, 15, 15), batch=2, elements=exact)
+    assert max(r.max_error for r in results) < TOL
+    others = [g for g in range(group.order) if not group.is_exact(g)]
+    smooth = check_network(net, (1, 15, 15), batch=2, elements=others, smooth=True)
+    assert smooth[-1].max_error < 0.2
