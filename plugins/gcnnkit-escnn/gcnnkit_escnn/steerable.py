@@ -160,6 +160,7 @@ class EscnnFieldConv(_SteerableLayer, EquivariantConv):
         object.__setattr__(conv, "_pair_filter", None)
         self.conv = conv
         _private_basis(self.conv)
+        _project_basis(self.conv, self.escnn_group, self.kernel_size)
         if initialize:
             generalized_he_init(self.conv.weights.data, self.conv.basisexpansion)
 
@@ -196,6 +197,50 @@ class EscnnFieldConv(_SteerableLayer, EquivariantConv):
             f"({len(self.out_reps)} fields), kernel_size={self.kernel_size}, basis={self.basis} "
             f"({self.basis_dimension} coefficients)"
         )
+
+
+@torch.no_grad()
+def _project_basis(conv, eg, kernel_size: int) -> None:
+    """Make the sampled basis exactly equivariant under the group's exact elements ``E``.
+
+    escnn samples its basis in float32, so a float64 layer was equivariant to ~1e-7 only. Each block's
+    basis is replaced, in float64, by its group average ``K'(p) = 1/|E| Σ_a ρ_out(a) K(a⁻¹p) ρ_in(a)ᵀ`` (the
+    projection onto the equivariant kernels, which moves it by float32 round-off), then rounded to float32.
+    For exact elements every ``ρ(a)`` is a signed permutation and ``a`` permutes pixels, and rounding
+    commutes with both, so the float32 basis is exactly equivariant: float64 layers are exact too.
+    """
+    from gcnnkit.core.transforms import transform_image
+
+    group = eg.group
+    if eg.perm is not None:  # a group listed in another order than escnn's: keep escnn's basis
+        return
+    exact = [a for a in range(group.order) if group.is_exact(a)]
+    if len(exact) < 2:
+        return
+    grid = torch.arange(kernel_size * kernel_size, dtype=torch.float64).reshape(kernel_size, kernel_size)
+    pixels = [transform_image(grid, group, a).reshape(-1).round().long() for a in exact]
+    expansion = conv.basisexpansion
+    reps = {r.name: r for r in (*conv.in_type.representations, *conv.out_type.representations)}
+
+    def matrices(rep) -> list[torch.Tensor]:
+        out = []
+        for a in exact:
+            m = torch.as_tensor(rep(eg.elements[a]), dtype=torch.float64)
+            out.append(m.round() if bool(((m - m.round()).abs() < 1e-9).all()) else m)
+        return out
+
+    for pair in expansion._representations_pairs:
+        block = getattr(expansion, f"block_expansion_{expansion._escape_pair(pair)}")
+        basis = block.sampled_basis  # [dim, out size, in size, k²]
+        b64 = basis.to(torch.float64)
+        acc = torch.zeros_like(b64)
+        for rho_out, rho_in, pix in zip(matrices(reps[pair[1]]), matrices(reps[pair[0]]), pixels, strict=True):
+            acc += torch.einsum("oO,dOIs,iI->dois", rho_out, b64.index_select(3, pix), rho_in)
+        acc /= len(exact)
+        moved = float((acc - b64).norm() / b64.norm().clamp_min(1e-30))
+        if moved > 1e-4:  # the basis was not equivariant to begin with: a convention error, not round-off
+            raise RuntimeError(f"escnn basis {pair} moved by {moved:.1e} under the group average")
+        basis.copy_(acc.to(basis.dtype))
 
 
 # ----------------------------------------------------------------------------- nonlinearities
