@@ -20,10 +20,11 @@ breaks the condition, so the network is refused before it is built
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gcnnkit.models.spec import LayerSpec
+from gcnnkit.models.spec import LayerSpec, parse_layers
 
 #: Layer types that change the side of the feature map.
 RESAMPLING = ("lift", "gconv", "pool")
@@ -83,30 +84,58 @@ class Window:
         return f"kernel {self.kernel}, stride {self.stride}, padding {self.padding}{extra}"
 
 
+def windows(specs: Sequence[LayerSpec], image_size: int, where: str = "layer ") -> tuple[list, int | None]:
+    """Every resampling window from an ``image_size``² input, inside residual blocks too (their body and
+    projection shortcut): ``([(label, window, input side), ...], output side)``; the side is ``None`` once
+    the map is pooled away (global pooling), where the walk stops."""
+    items: list[tuple[str, Window, int]] = []
+    size = image_size
+    for i, spec in enumerate(specs):
+        label = f"{where}{i} ({spec.type})"
+        if spec.type in POOLED:
+            return items, None
+        if spec.type == "residual":
+            body = parse_layers(spec.params["layers"], f"{label}.layers")
+            inner, out = windows(body, size, f"{label} body layer ")
+            items += inner
+            if out is None:
+                return items, None
+            if spec.params["shortcut"] == "projection":
+                stride = math.prod(w.stride for _, w, _ in inner)
+                items.append((f"{label} shortcut", Window(1, stride, 0), size))
+            size = out
+            continue
+        window = Window.of(spec)
+        if window is not None:
+            items.append((label, window, size))
+            size = window.output_size(size)
+    return items, size
+
+
 def map_sizes(specs: Sequence[LayerSpec], image_size: int) -> list[int]:
     """The side of the map entering each layer (``len(specs)`` entries), from an ``image_size``² input."""
     sizes, size = [], image_size
     for spec in specs:
         sizes.append(size)
+        if spec.type == "residual":
+            _, out = windows(parse_layers(spec.params["layers"]), size)
+            size = size if out is None else out
+            continue
         window = Window.of(spec)
         if window is not None:
             size = window.output_size(size)
     return sizes
 
 
-def first_off_centre(specs: Sequence[LayerSpec], image_size: int) -> int | None:
-    """Index of the first layer whose output grid is off-centre on an ``image_size``² input, else ``None``.
-
-    Layers after the map has shrunk to nothing are not judged (the build reports that).
-    """
-    for i, (spec, size) in enumerate(zip(specs, map_sizes(specs, image_size), strict=True)):
-        if spec.type in POOLED:  # no map after these: a later pool is refused by the build
-            return None
-        window = Window.of(spec)
-        if window is None or size < 1 or window.output_size(size) < 1:
+def first_off_centre(specs: Sequence[LayerSpec], image_size: int) -> tuple[str, Window, int] | None:
+    """``(label, window, input side)`` of the first window whose output grid is off-centre on an
+    ``image_size``² input, else ``None``. Windows after the map has shrunk to nothing are not judged
+    (the build reports that)."""
+    for label, window, size in windows(specs, image_size)[0]:
+        if size < 1 or window.output_size(size) < 1:
             continue
         if not window.centred(size):
-            return i
+            return label, window, size
     return None
 
 
@@ -115,7 +144,7 @@ def working_image_sizes(specs: Sequence[LayerSpec], image_size: int, count: int 
     found = []
     for delta in range(1, 4 * max(image_size, 8)):
         for n in (image_size - delta, image_size + delta):
-            if n >= 8 and first_off_centre(specs, n) is None and map_sizes(specs, n)[-1] >= 1:
+            if n >= 8 and first_off_centre(specs, n) is None and min(map_sizes(specs, n)) >= 1:
                 found.append(n)
         if len(found) >= count:
             break
@@ -129,19 +158,17 @@ def grid_problem(specs: Sequence[LayerSpec], image_size: int, group_name: str, g
     """
     if group_order <= 1:
         return None
-    i = first_off_centre(specs, image_size)
-    if i is None:
+    found = first_off_centre(specs, image_size)
+    if found is None:
         return None
-    spec, size = specs[i], map_sizes(specs, image_size)[i]
-    window = Window.of(spec)
-    assert window is not None
+    label, window, size = found
     s = window.stride
     residue = (1 + window.dilation * (window.kernel - 1) - 2 * window.padding) % s
     good_maps = [n for n in range(max(1, size - 2 * s), size + 2 * s + 1) if n % s == residue and n != size][:3]
     images = working_image_sizes(specs, image_size)
     image_hint = f"; image sizes that work: {', '.join(map(str, images))} (data.image_size)" if images else ""
     return (
-        f"layer {i} ({spec.type}): {window.describe()} on a {size}×{size} map (image {image_size}×{image_size}) "
+        f"{label}: {window.describe()} on a {size}×{size} map (image {image_size}×{image_size}) "
         f"samples the grid off its centre, so the network is not {group_name}-equivariant; it needs "
         f"(size + 2·padding − dilation·(kernel − 1) − 1) divisible by the stride, e.g. maps of "
         f"{', '.join(map(str, good_maps))}{image_hint}; or set model.allow_non_equivariant: true"

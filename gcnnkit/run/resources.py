@@ -80,43 +80,52 @@ def estimate(
 ) -> Estimate:
     """Walk ``specs`` from a ``[in_channels, image_size, image_size]`` image (see the module docstring)."""
     group = SimpleNamespace(order=group_order)  # all field_count needs
-    params = banks = acts = flops = 0
-    fields, kind = in_channels, "image"  # fields of the current map; image, group or vector
-    for spec, size in zip(specs, map_sizes(specs, image_size), strict=True):
-        window = Window.of(spec)
-        out_size = max(window.output_size(size), 0) if window is not None else size
-        p = spec.params
-        if spec.type in ("lift", "gconv"):
-            out = p["out"]
-            if out == "classes":
-                out_fields = num_classes
-            elif isinstance(out, Mapping):  # {representation: fields}: each field has at most |G| values
-                out_fields = sum(v for v in out.values() if isinstance(v, int))
-            else:
-                out_fields = field_count(out, group, widths)
-            k2 = p["kernel"] ** 2
-            in_values = fields if kind == "image" else fields * group_order
-            params += out_fields * in_values * k2 + (out_fields if p["bias"] else 0)
-            bank = out_fields * group_order * in_values * k2
-            banks += bank
-            flops += 2 * bank * out_size * out_size + 2 * bank * k2
-            fields, kind = out_fields, "group"
-        elif spec.type == "group_pool":
-            kind = "image"
-        elif spec.type == "global_pool":
-            kind = "vector"
-        elif spec.type == "orbit_pool":
-            fields, kind = fields * size * size, "vector"
-        elif spec.type == "linear":
-            out = num_classes if p["out"] == "classes" else p["out"]
-            params += fields * out + (out if p["bias"] else 0)
-            flops += 2 * fields * out
-            fields = out
-        elif spec.type in ("batchnorm", "layernorm"):
-            params += 2 * fields
-        values = fields * (group_order if kind == "group" else 1) * (out_size * out_size if kind != "vector" else 1)
-        acts += values
-        flops += values
+    total = {"params": 0, "banks": 0, "acts": 0, "flops": 0}
+
+    def walk(specs: list[LayerSpec], size: int, fields: int, kind: str) -> tuple[int, int, str]:
+        for spec, size_in in zip(specs, map_sizes(specs, size), strict=True):
+            p = spec.params
+            if spec.type == "residual":  # the body, then the sum with the shortcut (a projection is small)
+                size, fields, kind = walk(parse_layers(p["layers"]), size_in, fields, kind)
+                total["acts"] += fields * (group_order if kind == "group" else 1) * size * size
+                continue
+            window = Window.of(spec)
+            size = max(window.output_size(size_in), 0) if window is not None else size_in
+            if spec.type in ("lift", "gconv"):
+                out = p["out"]
+                if out == "classes":
+                    out_fields = num_classes
+                elif isinstance(out, Mapping):  # {representation: fields}: each field has at most |G| values
+                    out_fields = sum(v for v in out.values() if isinstance(v, int))
+                else:
+                    out_fields = field_count(out, group, widths)
+                k2 = p["kernel"] ** 2
+                in_values = fields if kind == "image" else fields * group_order
+                bank = out_fields * group_order * in_values * k2
+                total["params"] += out_fields * in_values * k2 + (out_fields if p["bias"] else 0)
+                total["banks"] += bank
+                total["flops"] += 2 * bank * size * size + 2 * bank * k2
+                fields, kind = out_fields, "group"
+            elif spec.type == "group_pool":
+                kind = "image"
+            elif spec.type == "global_pool":
+                kind = "vector"
+            elif spec.type == "orbit_pool":
+                fields, kind = fields * size * size, "vector"
+            elif spec.type == "linear":
+                out = num_classes if p["out"] == "classes" else p["out"]
+                total["params"] += fields * out + (out if p["bias"] else 0)
+                total["flops"] += 2 * fields * out
+                fields = out
+            elif spec.type in ("batchnorm", "layernorm"):
+                total["params"] += 2 * fields
+            values = fields * (group_order if kind == "group" else 1) * (size * size if kind != "vector" else 1)
+            total["acts"] += values
+            total["flops"] += values
+        return size, fields, kind
+
+    walk(list(specs), image_size, in_channels, "image")
+    params, banks, acts, flops = total["params"], total["banks"], total["acts"], total["flops"]
     return Estimate(params, banks, acts, flops, group_order, len(specs))
 
 

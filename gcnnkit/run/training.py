@@ -44,7 +44,7 @@ from gcnnkit.core.errors import ConfigError, GcnnkitError
 from gcnnkit.core.registry import plugin_distributions
 from gcnnkit.run import distributed
 from gcnnkit.run.config import Config, config_differences, load_config
-from gcnnkit.run.data import Dataset, augment_batch, load_dataset
+from gcnnkit.run.data import Dataset, augment_batch, colour_jitter, load_dataset, save_data_description
 from gcnnkit.run.divergence import DivergenceGuard
 from gcnnkit.run.evaluation import evaluate
 from gcnnkit.run.lock import RunLock
@@ -305,6 +305,7 @@ def _train(
             lock.acquire(run_dir)
             if checkpoint is None:
                 new_run_dir(config, run_dir)  # another run may have filled it since it was chosen
+        save_data_description(data, run_dir)  # class names, statistics, the in-memory choice, skipped files
     optimizer = make_optimizer(config, model.parameters())
     steps_per_epoch = math.ceil(len(data.train) / config.train.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))
@@ -334,6 +335,9 @@ def _train(
         f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train / {len(data.test)} test, "
         f"{where}, {precision.name} ({precision.reason}), run dir {run_dir}"
     )
+    if not data.builtin:  # the user's own images: where from, in memory or streamed, and why
+        skipped = f", {len(data.skipped)} corrupt files skipped" if data.skipped else ""
+        log(f"data: {data.source}, {data.in_memory_reason}{skipped}")
 
     record: dict[str, Any] = {}
     done = first_epoch - 1  # last epoch with a checkpoint
@@ -451,6 +455,7 @@ def _checkpoint_state(
         "rng": rng_state(),
         "config": config.to_dict(),
         "normalisation": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+        "data": data.describe(),
     }
 
 
@@ -512,11 +517,13 @@ def _train_epoch(
     )
     if guard is not None:
         guard.start_epoch(epoch, math.ceil(n / batch))
+    images = data.train.batches(order, batch)  # from memory or streamed from disk: the same pixels
     for step, start in enumerate(bar, 1):
         idx = order[start : start + batch]
         part, weight = distributed.shard(len(idx), ctx)
         # augment the whole global batch, so the generator advances alike everywhere; keep this process's part
-        x = augment_batch(data.train.images[idx], config.data.augment, gen, config.data.augment_degrees)
+        x = colour_jitter(next(images), config.data.colour_jitter, gen)
+        x = augment_batch(x, config.data.augment, gen, config.data.augment_degrees)
         x = data.normalise(x[part])
         y = data.train.labels[idx][part]
         with precision.autocast():
