@@ -71,6 +71,36 @@ def evaluate(
     return {p: int(c) / max(1, len(split)) for p, c in zip(protocols, counts, strict=True)}
 
 
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    split: Split,
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int = 256,
+    shard: tuple[int, int] = (0, 1),
+    total: Callable[[list[torch.Tensor]], list[float]] | None = None,
+) -> dict[str, float]:
+    """``{"val_loss", "val_acc"}`` of ``model`` (eval mode) on the upright ``split``: the mean plain
+    cross-entropy (no label smoothing, so runs with different smoothing compare) and the accuracy.
+    ``shard`` and ``total`` share the work between processes as in :func:`evaluate`."""
+    rank, world_size = shard
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with eval_mode(model):
+        for k, (x, y) in enumerate(protocol_batches(split, "upright", 0, batch_size)):
+            if k % world_size == rank:
+                logits = model(normalise(x.to(device), mean, std)).float()
+                y = y.to(device)
+                loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == y).sum()
+    sums = total([loss_sum, correct]) if total is not None else [float(loss_sum), int(correct)]
+    n = max(1, len(split))
+    return {"val_loss": float(sums[0]) / n, "val_acc": int(round(sums[1])) / n}
+
+
 def evaluate_run(
     run_dir: str | Path,
     protocols: Sequence[str] | None = None,

@@ -6,6 +6,8 @@ A run directory holds::
     metrics.jsonl    one JSON object per completed epoch (see gcnnkit.run.training)
     checkpoint.pt    the state after the last completed epoch (written atomically; state
                      dicts and plain values only, so it loads with weights_only=True)
+    best.pt          the selected epoch's weights (train.select: val_acc or val_loss only)
+    metrics.csv      the rows of metrics.jsonl as CSV (gcnnkit.run.logs)
     summary.json     written when the run finishes (RunSummary)
 
 This module owns those names, atomic writes, checkpoints, the model a config describes
@@ -37,6 +39,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
+BEST_FILE = "best.pt"
 CHECKPOINT_FORMAT = 1
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -230,12 +233,14 @@ class LoadedRun:
     mean: torch.Tensor
     std: torch.Tensor
     test: Split | None = None
+    checkpoint_file: str = CHECKPOINT_FILE  # which file the weights came from: checkpoint.pt or best.pt
 
     def describe(self) -> dict[str, Any]:
         """``run_dir``, ``epoch``, ``backend``, ``group``, ``preset``, ``data``, ``params``, ``num_test``."""
         return {
             "run_dir": str(self.run_dir),
             "epoch": self.checkpoint["epoch"],
+            "checkpoint": self.checkpoint_file,
             "backend": self.config.model.backend,
             "group": self.config.model.group,
             "preset": self.config.model.preset,
@@ -245,10 +250,19 @@ class LoadedRun:
         }
 
 
+#: ``load_run(weights=...)``: ``selected`` is ``best`` where the run kept a best.pt, else ``last``
+WEIGHTS = ("selected", "best", "last")
+
+
 def load_run(
-    run_dir: str | Path, *, device: str | None = None, with_data: bool = True, test_size: int | None = None
+    run_dir: str | Path,
+    *,
+    device: str | None = None,
+    with_data: bool = True,
+    test_size: int | None = None,
+    weights: str = "selected",
 ) -> LoadedRun:
-    """Rebuild a run's model from its stored config and last checkpoint.
+    """Rebuild a run's model from its stored config and its selected (or last) checkpoint.
 
     Args:
         run_dir: a directory written by :func:`gcnnkit.run.training.train`.
@@ -256,11 +270,22 @@ def load_run(
             when ``with_data`` is false.
         with_data: also load the run's test split (:attr:`LoadedRun.test`).
         test_size: test on this many images instead of the run's ``data.test_size``.
+        weights: ``best`` (``best.pt``, kept with ``train.select: val_acc|val_loss``), ``last``
+            (``checkpoint.pt``; with ``train.ema`` its averaged weights) or ``selected`` (``best``
+            where there is a ``best.pt``, else ``last``).
     """
     run_dir = Path(run_dir)
+    if weights not in WEIGHTS:
+        raise GcnnkitError(f"--checkpoint: {weights!r} is not allowed; allowed: {', '.join(WEIGHTS)}")
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise GcnnkitError(f"{run_dir}: not a run directory with a {CHECKPOINT_FILE} (train one with gcnnkit train)")
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    has_best = (run_dir / BEST_FILE).is_file()
+    if weights == "best" and not has_best:
+        raise GcnnkitError(
+            f"--checkpoint best: {run_dir} has no {BEST_FILE} (it is kept only with train.select: val_acc or val_loss)"
+        )
+    name = BEST_FILE if has_best and weights != "last" else CHECKPOINT_FILE
+    checkpoint = load_checkpoint(run_dir / name)
     config = Config.from_dict(checkpoint["config"])
     data_cfg = config.data
     if test_size is not None:
@@ -270,11 +295,11 @@ def load_run(
     info = dataset_info(data_cfg)
     test = load_dataset(data_cfg, seed=config.seed).test if with_data else None
     model = build_model_from_config(config, info)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.get("ema") or checkpoint["model"])  # train.ema: the averaged weights
     model.eval()
     if with_data or device is not None:
         model.to(resolve_device(device or config.device))
     stats = checkpoint.get("normalisation") or {}
     mean = torch.tensor(stats.get("mean", [0.0] * info.in_channels))
     std = torch.tensor(stats.get("std", [1.0] * info.in_channels))
-    return LoadedRun(run_dir, config, checkpoint, model, info, mean, std, test)
+    return LoadedRun(run_dir, config, checkpoint, model, info, mean, std, test, name)
