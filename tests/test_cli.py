@@ -62,7 +62,13 @@ def test_train_writes_a_run_and_summarises_it_last(runner, tiny_config, tmp_path
     last = result.stdout.strip().splitlines()[-1]
     for part in ("group C4", "backend native", "preset gcnn-tiny", "params", "upright", "rotated", f"run dir {out}"):
         assert part in last
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "config.yaml",
+        "metrics.csv",
+        "metrics.jsonl",
+        "summary.json",
+    ]
 
 
 def test_train_resume_from_the_cli(runner, tiny_run, tmp_path):
