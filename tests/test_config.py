@@ -36,6 +36,7 @@ DEFAULTS = {
         "augment_degrees": None,
         "normalise": True,
         "resize": "bilinear",
+        "val_split": 0.0,
     },
     "train": {
         "epochs": 10,
@@ -50,8 +51,19 @@ DEFAULTS = {
         "label_smoothing": 0.0,
         "mixed_precision": "none",
         "channels_last": False,
+        "grad_clip": None,
+        "accumulate": 1,
+        "ema": None,
+        "select": "last",
+        "early_stopping": {"patience": None, "metric": None, "min_delta": 0.0},
+        "tensorboard": False,
     },
-    "eval": {"protocols": ["upright", "rotated", "rot90"], "rotation_seed": 1234, "batch_size": 256},
+    "eval": {
+        "protocols": ["upright", "rotated", "rot90"],
+        "rotation_seed": 1234,
+        "batch_size": 256,
+        "test_each_epoch": None,
+    },
     "required_plugins": [],
 }
 
