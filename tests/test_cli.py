@@ -181,7 +181,10 @@ def test_eval_table(runner, tiny_run):
     result = invoke(runner, "eval", tiny_run)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"{tiny_run}: C4 native gcnn-tiny, ") and "epoch 2, 120 digits test images" in lines[0]
+    assert (
+        lines[0].startswith(f"{tiny_run}: C4 native gcnn-tiny, ")
+        and "epoch 2 (checkpoint.pt), 120 digits test images" in lines[0]
+    )
     assert lines[1].split() == ["protocol", "accuracy"]
     assert [line.split()[0] for line in lines[2:]] == ["upright", "rotated", "rot90"]
 
