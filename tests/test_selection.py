@@ -421,3 +421,34 @@ def test_eval_report_errors(tiny_run, args, expected):
 def test_report_out_with_several_runs_is_refused(tiny_run):
     result = CliRunner().invoke(main, ["eval", str(tiny_run), str(tiny_run), "--report", "--out", "x.png"])
     assert_user_error(result, "--out names one PNG, but 2 runs were given")
+
+
+# ------------------------------------------------------------------------------ under torchrun
+@pytest.mark.slow
+def test_selection_ema_and_accumulation_under_ddp(tmp_path):
+    """Two processes: sharded validation sums to a single process's, best.pt and the EMA are rank 0's."""
+    import yaml
+    from test_distributed import DDP_CONFIG, _check, console_script, torchrun
+
+    from gcnnkit.run.evaluation import validate
+
+    raw = merge(
+        DDP_CONFIG,
+        {
+            "data": {**DDP_CONFIG["data"], "val_split": 0.25},
+            "train": {**DDP_CONFIG["train"], "select": "val_acc", "ema": 0.9, "accumulate": 2, "grad_clip": 5.0},
+            "eval": {**DDP_CONFIG["eval"], "batch_size": 10},  # 32 validation images: 4 batches over 2 processes
+        },
+    )
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    proc = torchrun("--no-python", console_script(), "train", "ddp.yaml", "--out", "run", cwd=tmp_path)
+    _check(proc)
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (run_dir / BEST_FILE).is_file() and "ema" in load_checkpoint(run_dir / CHECKPOINT_FILE)
+    config = Config.from_dict(raw)
+    _, val = with_validation(load_dataset(config.data, seed=0), 0.25, seed=0)
+    run = load_run(run_dir, device="cpu")
+    alone = validate(run.model, val, mean=run.mean, std=run.std, batch_size=10)
+    assert alone == pytest.approx(summary["val"], abs=1e-6)
+    assert evaluate_run(run_dir, device="cpu")["accuracy"] == pytest.approx(summary["accuracy"])

@@ -409,7 +409,7 @@ def _train(
     rows = distributed.on_main(lambda: read_metrics(run_dir), ctx)
     record = rows[-1]
     selected_epoch = selector.best_epoch if selector.keeps_best else record["epoch"]
-    selected_row = next(r for r in rows if r["epoch"] == selected_epoch)
+    selected_row = next((r for r in rows if r["epoch"] == selected_epoch), {})
     if not selector.keeps_best and all(f"test_{p}" in record for p in config.eval.protocols):
         accuracy = {p: record[f"test_{p}"] for p in config.eval.protocols}  # tested after the last epoch already
     else:  # the test set's one look: at the selected weights
