@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_CONFIG, assert_user_error, merge
+from conftest import TINY_CONFIG, assert_user_error, console_script, merge
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -185,6 +185,16 @@ def test_test_each_epoch_keeps_the_per_epoch_test_curves(tmp_path):
     assert summary.accuracy == {p: best[f"test_{p}"] for p in PROTOCOLS}  # the selected epoch's own test
 
 
+def test_select_last_with_a_validation_set_tests_the_last_epoch_once(tmp_path):
+    summary = train(tiny(data=VAL_RUN["data"], train={"epochs": 2}), tmp_path / "run", log=None)
+    rows = read_metrics(tmp_path / "run")
+    assert all("val_acc" in r and "test_upright" not in r for r in rows)
+    assert not (tmp_path / "run" / BEST_FILE).exists()
+    assert (summary.select, summary.selected_epoch) == ("last", 2)
+    assert summary.val == {"val_loss": rows[-1]["val_loss"], "val_acc": rows[-1]["val_acc"]}
+    assert evaluate_run(tmp_path / "run", device="cpu")["accuracy"] == pytest.approx(summary.accuracy)
+
+
 def test_without_a_validation_set_nothing_changes(tiny_run):
     rows = read_metrics(tiny_run)
     assert all(not {"val_loss", "val_acc"} & set(r) and "test_upright" in r for r in rows)
@@ -320,15 +330,21 @@ def test_accumulated_micro_batches_give_the_batch_gradient(accumulate):
     assert torch.allclose(grads[0][2], grads[1][2])
 
 
+@pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("clip", [1e-3, 0.5, 3.0, 1e3])
-def test_gradient_clipping_bounds_the_step(clip):
+def test_gradient_clipping_bounds_the_step(clip, scaled):
+    """The step's size is min(gradient norm, clip); with a loss scaler (fp16) the gradients are
+    unscaled before clipping, so the limit is in true units."""
     model, x, y = _linear_problem()
+    precision = Precision("none", torch.device("cpu"))
+    if scaled:
+        precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     start = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     nn.CrossEntropyLoss()(model(x), y).backward()
     norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()))
     opt.zero_grad()
-    optimiser_step(model, x, y, nn.CrossEntropyLoss(), opt, Precision("none", torch.device("cpu")), grad_clip=clip)
+    optimiser_step(model, x, y, nn.CrossEntropyLoss(), opt, precision, grad_clip=clip)
     step = math.sqrt(sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(model.parameters(), start, strict=True)))
     assert step == pytest.approx(min(norm, clip), rel=1e-4)
 
@@ -364,6 +380,38 @@ def test_tensorboard_missing_is_one_line(tmp_path, tiny_config, monkeypatch):
         result, "train.tensorboard: true needs the tensorboard package", "pip install 'gcnnkit[tensorboard]'"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_progress_bar_on_a_terminal(tmp_path, tiny_config):
+    """stderr on a pseudo-terminal: tqdm draws the epoch's batches there."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    leader, follower = pty.openpty()
+    # a terminal 80 columns wide (a fresh pseudo-terminal has 0, and tqdm fits the bar into that)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    cmd = [console_script(), "train", str(tiny_config), "--out", str(tmp_path / "run")]
+    cmd += ["--set", "data.train_size=64", "--set", "train.epochs=1"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=follower, text=True, timeout=300)
+    os.set_blocking(leader, False)
+    drawn = b""
+    while True:  # what the bar drew is waiting in the terminal (a few hundred bytes)
+        try:
+            chunk = os.read(leader, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    os.close(follower)
+    assert proc.returncode == 0
+    assert b"epoch 1/1" in drawn and b"2/2" in drawn and b"batch" in drawn  # 64 images, batches of 32
+    assert "epoch 1/1  loss" in proc.stdout
 
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capfd):
@@ -428,7 +476,7 @@ def test_report_out_with_several_runs_is_refused(tiny_run):
 def test_selection_ema_and_accumulation_under_ddp(tmp_path):
     """Two processes: sharded validation sums to a single process's, best.pt and the EMA are rank 0's."""
     import yaml
-    from test_distributed import DDP_CONFIG, _check, console_script, torchrun
+    from test_distributed import DDP_CONFIG, _check, torchrun
 
     from gcnnkit.run.evaluation import validate
 
