@@ -56,17 +56,12 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
 def with_validation(data: Dataset, fraction: float, seed: int, normalise: bool = True) -> tuple[Dataset, Split | None]:
     """The data set to train on and its validation split (``None`` when there is none).
 
-    A data set that brings its own validation split (``data.val``, e.g. a ``val/`` folder) keeps it
-    and ``fraction`` must be 0; otherwise ``fraction > 0`` carves one off ``data.train``
-    (:func:`stratified_split`) and recomputes the normalisation statistics without it.
+    A data set that already holds a validation split (``data.val``: a source's own ``val/`` part, or
+    carved by the loader from ``data.val_split``) keeps it; otherwise ``fraction > 0`` carves one off
+    ``data.train`` (:func:`stratified_split`) and recomputes the normalisation statistics without it.
     """
     own = getattr(data, "val", None)
     if own is not None:
-        if fraction > 0:
-            raise DataError(
-                f"data.val_split: {fraction} carves a validation set, but {data.info.name} has its own; "
-                f"set data.val_split: 0"
-            )
         return data, own
     if fraction == 0:
         return data, None
