@@ -500,3 +500,17 @@ def test_selection_ema_and_accumulation_under_ddp(tmp_path):
     alone = validate(run.model, val, mean=run.mean, std=run.std, batch_size=10)
     assert alone == pytest.approx(summary["val"], abs=1e-6)
     assert evaluate_run(run_dir, device="cpu")["accuracy"] == pytest.approx(summary["accuracy"])
+
+
+def test_export_takes_the_selected_weights(val_run, tmp_path):
+    from gcnnkit.tools.export import export_run, load_state_export
+
+    report = export_run(val_run, tmp_path / "model.state.pt", "state")
+    assert report.rel_error < 1e-5
+    best = load_checkpoint(val_run / BEST_FILE)
+    assert torch.load(tmp_path / "model.state.pt", weights_only=True)["metadata"]["epoch"] == best["epoch"]
+    plain = load_state_export(tmp_path / "model.state.pt")
+    run = load_run(val_run, with_data=False)
+    x = torch.rand(4, 1, 17, 17)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), run.model(x), atol=1e-5)
