@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from gcnnkit.core.errors import (
     ConfigError,
     DataError,
+    DivergenceError,
     GcnnkitError,
     PluginError,
     SpecError,
@@ -92,4 +93,5 @@ __all__ = [
     "PluginError",
     "UnsupportedGroupError",
     "DataError",
+    "DivergenceError",
 ]

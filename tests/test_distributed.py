@@ -232,6 +232,20 @@ def test_a_user_error_found_by_rank_0_stops_every_process(ddp_run):
 
 
 @pytest.mark.slow
+def test_a_diverging_ddp_run_stops_every_process_at_the_same_step(ddp_run):
+    """Every process reads the same combined non-finite-loss flag (gcnnkit.run.divergence), so all
+    stop together instead of one waiting for the others in a collective; rank 0 prints one line."""
+    folder = ddp_run[0].parent
+    proc = torchrun(
+        "--no-python", console_script(), "train", "ddp.yaml", "--out", "diverged", "--set", "train.lr=1e308", cwd=folder
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: diverged: the training loss became n")
+    assert not (folder / "diverged" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
 def test_two_nodes_train_what_one_node_trains(ddp_run, tmp_path):
     """``--nnodes=2 --node_rank --rdzv_endpoint`` (two 1-process "nodes" on this machine) gives the
     metrics of the 1-node, 2-process run: results depend on the number of processes only."""

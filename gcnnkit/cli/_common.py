@@ -16,9 +16,14 @@ DEBUG_ENV = "GCNNKIT_DEBUG"
 
 
 class UserError(click.ClickException):
-    """A :class:`~gcnnkit.core.errors.GcnnkitError` on its way out: ``error: <message>``, exit 2."""
+    """A :class:`~gcnnkit.core.errors.GcnnkitError` on its way out: ``error: <message>``, exit 2
+    (or the error's own ``exit_code``: 3 for a diverged run)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
     def show(self, file=None) -> None:
         # under torchrun every process fails with the same error: only rank 0 prints it
@@ -31,8 +36,8 @@ class CommandGroup(click.Group):
 
     ``commands`` maps a command name to the module that defines it as ``command``; adding a
     command is one line in :data:`gcnnkit.cli.COMMANDS`. Every :class:`GcnnkitError` raised by
-    a command becomes ``error: <message>`` on stderr and exit code 2, without a traceback;
-    Ctrl-C exits with 130.
+    a command becomes ``error: <message>`` on stderr and exit code 2 (3 for a diverged run), without
+    a traceback; Ctrl-C exits with 130, SIGTERM with 143 and SIGHUP with 129 (128 + the signal).
     """
 
     def __init__(self, *args, lazy_commands: dict[str, str], **kwargs):
@@ -55,10 +60,11 @@ class CommandGroup(click.Group):
         except GcnnkitError as exc:
             if os.environ.get(DEBUG_ENV):
                 raise
-            raise UserError(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            raise UserError(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during train (gcnnkit.run.signals)
+            signal_name = getattr(exc, "signal_name", None)
+            click.echo(f"interrupted by {signal_name}" if signal_name else "interrupted", err=True)
+            ctx.exit(getattr(exc, "exit_code", 130))
 
 
 def set_option(func):

@@ -11,6 +11,9 @@ from __future__ import annotations
 class GcnnkitError(Exception):
     """Base class of every error caused by user input. The message is one line."""
 
+    #: The CLI's exit code for this error (``docs/cli.md``).
+    exit_code = 2
+
 
 class ConfigError(GcnnkitError):
     """A configuration value is malformed, unknown or of the wrong type."""
@@ -30,3 +33,13 @@ class UnsupportedGroupError(PluginError):
 
 class DataError(GcnnkitError):
     """A data set is unknown or its files are missing."""
+
+
+class DivergenceError(GcnnkitError):
+    """Training diverged: a loss or weight became NaN or infinite. The last finite checkpoint is kept.
+
+    Not bad input as such (the same config may train with another learning rate), hence its own
+    exit code.
+    """
+
+    exit_code = 3

@@ -1,8 +1,8 @@
 """Run logs beside ``metrics.jsonl``: ``metrics.csv`` (the same rows) and TensorBoard (``train.tensorboard``).
 
-``metrics.csv`` is rewritten atomically from ``metrics.jsonl`` after every epoch (and on resume,
-after the epochs without a checkpoint are dropped), so the two always hold the same rows; its
-columns are the records' keys in order of first appearance. TensorBoard event files go to
+``metrics.csv`` is rewritten atomically from the same history as ``metrics.jsonl`` after every
+epoch (and on resume, from the checkpoint's history), so the two hold the same rows; its columns
+are the records' keys in order of first appearance. TensorBoard event files go to
 ``RUN_DIR/tensorboard``: every numeric field of each record as a scalar, at step ``epoch``.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gcnnkit.core.errors import ConfigError
-from gcnnkit.run.rundir import read_metrics, write_text_atomic
+from gcnnkit.run.rundir import write_text_atomic
 
 METRICS_CSV = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -32,9 +32,9 @@ def metrics_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def write_metrics_csv(run_dir: Path) -> None:
-    """Rewrite ``run_dir/metrics.csv`` from ``run_dir/metrics.jsonl`` (atomically)."""
-    write_text_atomic(Path(run_dir) / METRICS_CSV, metrics_csv(read_metrics(run_dir)))
+def write_metrics_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``run_dir/metrics.csv`` with ``rows`` (the records of ``metrics.jsonl``), atomically."""
+    write_text_atomic(Path(run_dir) / METRICS_CSV, metrics_csv(rows))
 
 
 def require_tensorboard() -> type:
@@ -67,9 +67,9 @@ class RunLogs:
         self.run_dir = Path(run_dir)
         self.writer = tensorboard_writer(self.run_dir, first_epoch) if tensorboard else None
 
-    def epoch(self, record: dict[str, Any]) -> None:
-        """After ``record`` was appended to ``metrics.jsonl``."""
-        write_metrics_csv(self.run_dir)
+    def epoch(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """After ``metrics.jsonl`` was rewritten with ``history``, whose last record is ``record``."""
+        write_metrics_csv(self.run_dir, history)
         if self.writer is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -3,12 +3,14 @@
 A run directory holds::
 
     config.yaml      the fully resolved config (Config.to_dict())
-    metrics.jsonl    one JSON object per completed epoch (see gcnnkit.run.training)
+    metrics.jsonl    one JSON object per completed epoch (see gcnnkit.run.training), rewritten
+                     atomically from the checkpoint's history (gcnnkit.run.metrics)
     checkpoint.pt    the state after the last completed epoch (written atomically; state
                      dicts and plain values only, so it loads with weights_only=True)
     best.pt          the selected epoch's weights (train.select: val_acc or val_loss only)
     metrics.csv      the rows of metrics.jsonl as CSV (gcnnkit.run.logs)
     summary.json     written when the run finishes (RunSummary)
+    run.lock         locked by the process training in it (gcnnkit.run.lock)
 
 This module owns those names, atomic writes, checkpoints, the model a config describes
 (:func:`build_model_from_config`), the device a config or option names (:func:`resolve_device`)
@@ -20,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +38,7 @@ from gcnnkit.core.registry import require_plugins
 from gcnnkit.models.network import EquivariantNet, build_model
 from gcnnkit.run.config import Config
 from gcnnkit.run.data import DatasetInfo, Split, dataset_info, load_dataset
+from gcnnkit.run.divergence import first_nonfinite
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -177,19 +182,86 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     _fsync_dir(path.parent)
 
 
+#: What every checkpoint holds (resuming needs more: optimizer, scheduler, rng, elapsed_s).
+_CHECKPOINT_KEYS = {"epoch": int, "model": dict, "config": dict}
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_UNPICKLER = re.compile(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``torch.load(weights_only=True)`` onto the CPU."""
+    """Load a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
+
+    A file that would need arbitrary objects unpickled (a malicious or foreign pickle) is refused
+    without running any of it; a file missing a checkpoint's entries is refused by name.
+    """
     path = Path(path)
     if not path.is_file():
         raise GcnnkitError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol: one line only
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused it; torch's advice to bypass that is not ours
+        found = _GLOBAL.search(str(exc))
+        if found:
+            raise GcnnkitError(
+                f"{path}: holds objects other than tensors and plain values (it names {found.group(1)}), "
+                f"so it is not a gcnnkit checkpoint and will not be loaded"
+            ) from None
+        stop = _UNPICKLER.search(" ".join(str(exc).split()))
+        where = f" (the safe unpickler stopped at: {stop.group(1)})" if stop else ""
+        raise GcnnkitError(
+            f"{path}: not a readable gcnnkit checkpoint{where}; it is not a file of tensors and plain values "
+            f"and will not be loaded"
+        ) from None
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200]
         raise GcnnkitError(f"{path}: not a readable gcnnkit checkpoint ({type(exc).__name__}: {reason})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise GcnnkitError(f"{path}: not a gcnnkit checkpoint (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def check_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """A one-line :class:`GcnnkitError` when ``state`` lacks an entry a run's checkpoint always has."""
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            problem = "has no" if key not in state else f"has a {type(state[key]).__name__} as its"
+            raise GcnnkitError(f"{path}: an incomplete gcnnkit checkpoint: it {problem} {key!r} entry")
+
+
+def checkpoint_error(path: Path, what: str, exc: BaseException) -> GcnnkitError:
+    """A one-line error about the checkpoint at ``path``: ``what`` went wrong, and why (``exc``)."""
+    reason = " ".join(str(exc).split())[:200]
+    return GcnnkitError(f"{path}: {what} ({type(exc).__name__}: {reason})")
+
+
+def load_weights(model: torch.nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
+    """Load ``checkpoint["model"]`` into ``model``, or a one-line :class:`GcnnkitError` naming the first
+    missing, unexpected, misshapen or non-finite tensor."""
+    weights, expected = checkpoint["model"], model.state_dict()
+    fits = "the weights do not fit the model its config describes"
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    for names, how in ((missing, "has no"), (extra, "has an unexpected")):
+        if names:
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            raise GcnnkitError(f"{path}: {fits}: the checkpoint {how} tensor {names[0]}{more}")
+    for key, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise GcnnkitError(f"{path}: {fits}: {key} is a {type(tensor).__name__}, not a tensor")
+        if tensor.shape != expected[key].shape:
+            raise GcnnkitError(
+                f"{path}: {fits}: {key} has shape {list(tensor.shape)} in the checkpoint, "
+                f"{list(expected[key].shape)} in the model"
+            )
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise GcnnkitError(f"{path}: the weights hold {bad[1]} ({bad[0]}); a gcnnkit run never saves such weights")
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise checkpoint_error(path, fits, exc) from None
 
 
 def new_run_dir(config: Config, out_dir: str | Path | None = None) -> Path:
@@ -209,11 +281,19 @@ def new_run_dir(config: Config, out_dir: str | Path | None = None) -> Path:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` (empty when there is none)."""
+    """The records of ``metrics.jsonl`` (empty when there is none); a line that is not JSON is a
+    one-line :class:`GcnnkitError` (gcnnkit writes the file atomically; ``--resume`` rewrites it)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as exc:
+                raise GcnnkitError(f"{path}: line {number} is not JSON ({exc}); --resume rewrites the file") from None
+    return records
 
 
 # ----------------------------------------------------------------------------- reading
@@ -286,8 +366,10 @@ def load_run(
         )
     name = BEST_FILE if has_best and weights != "last" else CHECKPOINT_FILE
     checkpoint = load_checkpoint(run_dir / name)
+    check_checkpoint(checkpoint, run_dir / name)
     config = Config.from_dict(checkpoint["config"])
-    data_cfg = config.data
+    # reading a run never downloads or writes data, whatever its stored config says
+    data_cfg = dataclasses.replace(config.data, download=False)
     if test_size is not None:
         if test_size < 1:
             raise GcnnkitError(f"--test-size: expected a positive number of images, got {test_size}")
@@ -295,7 +377,10 @@ def load_run(
     info = dataset_info(data_cfg)
     test = load_dataset(data_cfg, seed=config.seed).test if with_data else None
     model = build_model_from_config(config, info)
-    model.load_state_dict(checkpoint.get("ema") or checkpoint["model"])  # train.ema: the averaged weights
+    if checkpoint.get("ema"):  # train.ema: the averaged weights are the ones evaluated
+        load_weights(model, {**checkpoint, "model": checkpoint["ema"]}, run_dir / name)
+    else:
+        load_weights(model, checkpoint, run_dir / name)
     model.eval()
     if with_data or device is not None:
         model.to(resolve_device(device or config.device))
