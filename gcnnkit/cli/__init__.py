@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "eval": "gcnnkit.cli.eval",
     "check": "gcnnkit.cli.check",
     "plugins": "gcnnkit.cli.plugins",
+    "reps": "gcnnkit.cli.reps",
     "bench": "gcnnkit.cli.bench",
     "export": "gcnnkit.cli.export",
     "compare": "gcnnkit.cli.compare",
@@ -34,6 +35,7 @@ def main() -> None:
       gcnnkit train configs/digits_c4.yaml --out runs/c4   # train and test (upright, rotated, rot90)
       gcnnkit eval runs/c4                                 # re-evaluate the run
       gcnnkit plugins                                      # installed backends and groups
+      gcnnkit reps D4                                      # representations a group offers
 
     Errors in configs or inputs print one line "error: ..." and exit with code 2.
     """

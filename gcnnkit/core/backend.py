@@ -13,21 +13,25 @@ returns and what ``gcnnkit export`` writes.
 
 What a backend implements (``docs/backend-plugins.md`` walks through an example):
 
-=================================  =========  ==========================================================
-method                             required   returns
-=================================  =========  ==========================================================
-:meth:`Backend.lifting_conv`       yes        :class:`EquivariantConv` ``image → group``
-:meth:`Backend.group_conv`         yes        :class:`EquivariantConv` ``group → group``
-:meth:`Backend.batch_norm`,        no         any layer of the contract (defaults in
-``group_pool``, ``activation``,               :mod:`gcnnkit.core.layers`)
-``dropout``, ``layer_norm``,
+=====================================  =========  ======================================================
+method                                 required   returns
+=====================================  =========  ======================================================
+:meth:`Backend.lifting_conv`           yes        :class:`EquivariantConv` ``image → group``
+:meth:`Backend.group_conv`             yes        :class:`EquivariantConv` ``group → group``
+:meth:`Backend.steerable_conv`         no         :class:`EquivariantConv` between any field types
+                                                  (default: refused; steerable types need it)
+:meth:`Backend.batch_norm`,            no         any layer of the contract (defaults in
+``group_pool``, ``activation``,                   :mod:`gcnnkit.core.layers`, and for steerable
+``dropout``, ``layer_norm``,                      types :mod:`gcnnkit.core.steerable_layers`)
 ``spatial_pool``, ``global_pool``,
-``orbit_pool``, ``linear``
-:meth:`Backend.supports`           no         why a group cannot be built (default: every group)
-:meth:`Backend.with_options`       no         the backend configured by ``model.backend_options``
-:meth:`Backend.export_weights`,    no         weights in the *transfer format* and back, for
-:meth:`Backend.import_weights`                ``gcnnkit compare`` (default: the layer's state dict)
-=================================  =========  ==========================================================
+``orbit_pool``, ``linear``,
+``norm_nonlinearity``,
+``gated_nonlinearity``, ``restrict``
+:meth:`Backend.supports`               no         why a group cannot be built (default: every group)
+:meth:`Backend.with_options`           no         the backend configured by ``model.backend_options``
+:meth:`Backend.export_weights`,        no         weights in the *transfer format* and back, for
+:meth:`Backend.import_weights`                    ``gcnnkit compare`` (default: the layer's state dict)
+=====================================  =========  ======================================================
 
 *Layers of the contract* (declared in :mod:`gcnnkit.core.layers`). A factory returns either an
 :class:`EquivariantLayer` — which declares :meth:`~EquivariantLayer.export_plain` and may honour
@@ -70,6 +74,14 @@ from gcnnkit.core.layers import (
     GroupPool,
     OrbitPool,
     SpatialPool,
+)
+from gcnnkit.core.steerable_layers import (
+    GatedNonlinearity,
+    InvariantPool,
+    NormNonlinearity,
+    Restriction,
+    SteerableBatchNorm,
+    SteerableGlobalPool,
 )
 
 __all__ = ["BACKEND_API_VERSION", "ACTIVATIONS", "Backend", "EquivariantLayer", "EquivariantConv"]
@@ -145,21 +157,51 @@ class Backend(abc.ABC):
         """``[B, C_in, |G|, H, W] → [B, out_fields, |G|, H', W']``: filters transformed spatially
         and permuted along the group axis."""
 
+    def steerable_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_type: FieldType,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> EquivariantConv:
+        """``[B, D_in, H, W] → [B, D_out, H', W']`` between any two field types (``image``, ``group``
+        flattened, or ``steerable``; :mod:`gcnnkit.core.fields`): kernels with
+        ``K(g·p) = ρ_out(g) K(p) ρ_in(g)⁻¹``. The network calls it whenever the input or the output
+        is ``steerable``; its :meth:`~EquivariantConv.filter_bank` is ``[D_out, D_in, k, k]`` and its
+        bias (only on trivial output fields, the others must stay unbiased) ``[D_out]``. Group
+        inputs/outputs keep their ``[B, C, |G|, H, W]`` shape. Default: refused, naming the backend."""
+        raise SpecError(
+            f"backend {self.name!r} builds regular fields only; {in_type} → {out_type} needs a backend with "
+            f"steerable convolutions (native on exact groups, escnn)"
+        )
+
     # ----------------------------------------------------- layers with defaults
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
-        """Batch norm with one mean/variance/affine per field, shared over the group axis (shape preserving)."""
+        """Batch norm with one mean/variance/affine per field, shared over the group axis (shape preserving);
+        on steerable fields :class:`~gcnnkit.core.steerable_layers.SteerableBatchNorm` (norm-based on
+        non-permutation fields)."""
+        if in_type.kind == "steerable":
+            return SteerableBatchNorm(group, in_type)
         if in_type.kind == "group":
             return FieldBatchNorm(in_type.channels, group.order)
         return nn.BatchNorm2d(in_type.channels)
 
     def group_pool(self, group: Group, in_type: FieldType, mode: str = "max") -> nn.Module:
-        """``[B, C, |G|, H, W] → [B, C, H, W]``: ``max`` or ``mean`` over the group axis (invariant)."""
+        """``[B, C, |G|, H, W] → [B, C, H, W]``: ``max`` or ``mean`` over the group axis (invariant); steerable
+        ``[B, D, H, W] → [B, F, H, W]``: max/mean over permutation fields, the norm of the others."""
+        if in_type.kind == "steerable":
+            return InvariantPool(group, in_type, mode)
         return GroupPool(group.order, mode)
 
     def activation(self, group: Group, in_type: FieldType, name: str = "relu") -> nn.Module:
-        """Pointwise nonlinearity (shape preserving)."""
+        """Pointwise nonlinearity (shape preserving); only on permutation fields (it acts per channel)."""
         if name not in ACTIVATIONS:
             raise SpecError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
+        _require_permutation(in_type, name, "norm_act or gated")
         return ACTIVATIONS[name]()
 
     def dropout(self, group: Group, in_type: FieldType, p: float = 0.5) -> nn.Module:
@@ -169,6 +211,8 @@ class Backend(abc.ABC):
     def layer_norm(self, group: Group, in_type: FieldType, affine: bool = True, eps: float = 1e-5) -> nn.Module:
         """Per-sample normalisation over everything but the batch axis (``C, (|G|,) H, W``), then an
         optional scale and shift per field (shared over the group axis and space)."""
+        if in_type.kind == "steerable":
+            raise SpecError(f"layernorm normalises across fields and is not defined on {in_type}; use batchnorm")
         return FieldLayerNorm(in_type.channels, _order(group, in_type), affine, eps)
 
     def spatial_pool(
@@ -180,18 +224,40 @@ class Backend(abc.ABC):
         stride: int | None = None,
         padding: int = 0,
     ) -> nn.Module:
-        """Max/avg pooling over space, per channel: ``[B, C, (|G|,) H, W] → [B, C, (|G|,) H', W']``."""
+        """Max/avg pooling over space, per channel: ``[B, C, (|G|,) H, W] → [B, C, (|G|,) H', W']`` (max only
+        on permutation fields; averaging is linear and fits any field)."""
+        if mode == "max":
+            _require_permutation(in_type, "max pooling", "mode: avg")
         return SpatialPool(mode, kernel_size, stride, padding)
 
     def global_pool(self, group: Group, in_type: FieldType, mode: str = "avg") -> nn.Module:
-        """Pool over space (and the group axis, if any): ``→ [B, C]`` invariant features."""
+        """Pool over space (and the group axis, if any): ``→ [B, C]`` invariant features (steerable: one per
+        field, :class:`~gcnnkit.core.steerable_layers.SteerableGlobalPool`)."""
+        if in_type.kind == "steerable":
+            return SteerableGlobalPool(group, in_type, mode)
         return GlobalPool(mode, _order(group, in_type))
 
     def orbit_pool(self, group: Group, in_type: FieldType, mode: str = "mean", *, size: int) -> nn.Module:
         """``[B, C, (|G|,) size, size] → [B, C·size²]``: pool over the group axis and over the group's
         spatial action on the map (``mean``/``max`` of ``g·x`` over ``g``), then flatten. The map keeps
         its spatial layout but is invariant, so a linear head may read every position."""
+        if in_type.kind == "steerable":
+            raise SpecError(f"orbit_pool takes image or group maps, not {in_type}; put group_pool before it")
         return OrbitPool(group, mode, size, in_type.kind == "group")
+
+    def norm_nonlinearity(self, group: Group, in_type: FieldType, fn: str = "relu", bias: bool = True) -> nn.Module:
+        """Each field scaled by ``φ(|f| − b)/|f|`` (shape preserving; any field type)."""
+        return NormNonlinearity(group, in_type, fn, bias)
+
+    def gated_nonlinearity(self, group: Group, in_type: FieldType) -> nn.Module:
+        """Fields of the second half times ``sigmoid`` of the first half's invariant gates; the gates are
+        dropped (:func:`~gcnnkit.core.steerable_layers.gated_output_type`)."""
+        return GatedNonlinearity(group, in_type)
+
+    def restrict(self, group: Group, in_type: FieldType, subgroup_id) -> nn.Module:
+        """The identity on the tensor, flattening a group map: the next layers are built for the subgroup
+        (:func:`~gcnnkit.core.steerable_layers.restricted_type`)."""
+        return Restriction(group, in_type, subgroup_id)
 
     def linear(self, group: Group, in_type: FieldType, out_features: int, bias: bool = True) -> nn.Module:
         """``[B, C] → [B, out_features]`` on invariant features."""
@@ -217,6 +283,16 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _require_permutation(in_type: FieldType, what: str, instead: str) -> None:
+    """Refuse a per-channel map on fields whose representation is not a permutation (it would break equivariance)."""
+    if not in_type.is_permutation:
+        odd = sorted({r.name for r in in_type.reps if not r.is_permutation})
+        raise SpecError(
+            f"{what} acts per channel, which breaks the equivariance of {', '.join(odd)} fields in {in_type}; "
+            f"use {instead}"
+        )
 
 
 def _order(group: Group, in_type: FieldType) -> int:

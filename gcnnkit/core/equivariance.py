@@ -155,17 +155,57 @@ def check_network(
     with eval_mode(net):
         gen = torch.Generator().manual_seed(seed)
         group = net.group
-        elements = list(range(group.order)) if elements is None else list(elements)
+        elements = list(range(group.order)) if elements is None else [group.index(g) for g in elements]
         c, h, w = image_shape
         x0 = smooth_images(batch, c, h, w, gen) if smooth else torch.randn(batch, c, h, w, generator=gen)
         x0 = x0.to(device=device, dtype=_floating_dtype(net))
         results = []
         x = x0
-        for name, layer, t_in, t_out in net.typed_layers():
-            results.append(equivariance_errors(layer, group, t_in, t_out, x, elements, name))
+        symmetry = getattr(net, "symmetry", None)  # groups per layer, after a restriction (EquivariantNet)
+        for i, (name, layer, t_in, t_out) in enumerate(net.typed_layers()):
+            if symmetry is None:
+                results.append(equivariance_errors(layer, group, t_in, t_out, x, elements, name))
+            else:
+                results.append(_restricted_errors(layer, symmetry(i - 1), symmetry(i), t_in, t_out, x, elements, name))
             x = layer(x)
-        results.append(equivariance_errors(net, group, net.in_type, net.out_type, x0, elements, "end-to-end"))
+        if symmetry is None:
+            results.append(equivariance_errors(net, group, net.in_type, net.out_type, x0, elements, "end-to-end"))
+        else:
+            last = symmetry(len(net.layers) - 1)
+            results.append(
+                _restricted_errors(net, symmetry(-1), last, net.in_type, net.out_type, x0, elements, "end-to-end")
+            )
         return results
+
+
+def _restricted_errors(
+    module: nn.Module,
+    source: tuple[Group, Sequence[int | None]],
+    target: tuple[Group, Sequence[int | None]],
+    in_type: FieldType,
+    out_type: FieldType,
+    x: torch.Tensor,
+    elements: Sequence[int | str],
+    name: str,
+) -> EquivarianceResult:
+    """:func:`equivariance_errors` where the input is acted on by one group and the output by a subgroup
+    (a restriction, or any layer after one): each element of the network's group that lies in the output's
+    group, named as in the output's group; elements outside it are not checked (nothing is promised)."""
+    (g_in, map_in), (g_out, map_out) = source, target
+    if g_in is g_out and tuple(map_in) == tuple(map_out):
+        picked = [map_in[g] for g in elements if map_in[g] is not None]
+        return equivariance_errors(module, g_in, in_type, out_type, x, picked, name)
+    result = EquivarianceResult(name, in_type, out_type)
+    with torch.no_grad():
+        y = module(x)
+        for g in elements:
+            if map_out[g] is None:
+                continue
+            a, b = map_in[g], map_out[g]
+            label = g_out.element_names[b]
+            result.errors[label] = relative_error(module(in_type.act(g_in, a, x)), out_type.act(g_out, b, y))
+            result.exact[label] = g_out.is_exact(b)
+    return result
 
 
 def _floating_dtype(net: nn.Module) -> torch.dtype:

@@ -19,8 +19,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import cached_property
+from typing import Any
 
 import torch
+
+from gcnnkit.core.irreps import planar_catalog
+from gcnnkit.core.representation import (
+    Representation,
+    RepresentationCatalog,
+    RepresentationError,
+    parse_rep_name,
+    quotient_representation,
+    regular_representation,
+    trivial_representation,
+)
 
 #: Version of the group plugin API described in ``docs/group-plugins.md``. A group declares
 #: the version it was written for; the registry refuses groups written for another one.
@@ -36,6 +48,9 @@ class GroupAxiomError(AssertionError):
 class Group:
     """A finite group acting on the pixel grid through 2×2 orthogonal matrices.
 
+    A plugin may subclass it for a continuous group (SO(2), O(2)) that acts through finitely many
+    sampled elements and sets :attr:`continuous`; backends that build finite filter banks refuse those.
+
     Args:
         name: registry name, e.g. ``"C4"``.
         element_names: one name per element; index 0 must be the identity.
@@ -45,7 +60,14 @@ class Group:
             when the action is not faithful (two elements with the same matrix).
         escnn: optional description of the equivalent escnn gspace, e.g.
             ``{"gspace": "rot2dOnR2", "N": 4}``; backends that wrap escnn use it.
+        representations: optional :class:`~gcnnkit.core.representation.RepresentationCatalog`: the
+            group's irreps, subgroups (for quotient and restricted representations) and extra named
+            representations. ``C_N``/``D_N`` built by :func:`cyclic_group`/:func:`dihedral_group` have
+            escnn's; without one a group offers ``trivial`` and ``regular`` only.
     """
+
+    #: True for a continuous group given by samples of its elements (backends with finite filter banks refuse it).
+    continuous: bool = False
 
     def __init__(
         self,
@@ -56,6 +78,7 @@ class Group:
         api_version: int,
         cayley_table: torch.Tensor | Sequence | None = None,
         escnn: Mapping | None = None,
+        representations: RepresentationCatalog | None = None,
     ) -> None:
         matrices = torch.as_tensor(matrices, dtype=torch.float64)
         if matrices.ndim != 3 or matrices.shape[1:] != (2, 2):
@@ -69,6 +92,12 @@ class Group:
         self.matrices = matrices
         self.api_version = api_version
         self.escnn = dict(escnn) if escnn is not None else None
+        if representations is not None and not isinstance(representations, RepresentationCatalog):
+            raise ValueError(
+                f"group {name}: representations must be a gcnnkit.core.representation.RepresentationCatalog, "
+                f"got {type(representations).__name__}"
+            )
+        self.representations = representations
         self._given_table = None if cayley_table is None else torch.as_tensor(cayley_table, dtype=torch.long)
 
     # ----------------------------------------------------------------- structure
@@ -154,6 +183,107 @@ class Group:
         k = round(math.degrees(math.atan2(rotation[1, 0].item(), rotation[0, 0].item())) / 90.0) % 4
         return k, j
 
+    # ---------------------------------------------------------- representations
+    def trivial(self) -> Representation:
+        """The trivial representation ``ρ(g) = [1]`` (a scalar field)."""
+        return self._trivial
+
+    @cached_property
+    def _trivial(self) -> Representation:
+        return trivial_representation(self)
+
+    def regular(self) -> Representation:
+        """The regular representation: ``ρ(g) e_h = e_{g·h}`` (a group feature map's group axis)."""
+        return self._regular
+
+    @cached_property
+    def _regular(self) -> Representation:
+        return regular_representation(self)
+
+    def _catalog(self, what: str) -> RepresentationCatalog:
+        if self.representations is None:
+            raise RepresentationError(
+                f"group {self.name} declares no {what} (it offers trivial and regular only; a group plugin adds "
+                f"them with Group(..., representations=...))"
+            )
+        return self.representations
+
+    def irreps(self) -> tuple[Representation, ...]:
+        """The real irreducible representations, in the catalog's (escnn's) order, trivial first."""
+        return self._irreps
+
+    @cached_property
+    def _irreps(self) -> tuple[Representation, ...]:
+        return tuple(self._catalog("irreducible representations").irreps(self))
+
+    def irrep(self, *params: int) -> Representation:
+        """The irrep with these params: ``irrep(k)`` of ``C_N``, ``irrep(j, k)`` of ``D_N``."""
+        for rep in self.irreps():
+            if rep.params == tuple(params):
+                return rep
+        allowed = ", ".join(f"irrep({', '.join(map(str, r.params))})" for r in self.irreps())
+        raise RepresentationError(f"group {self.name} has no irrep{tuple(params)}; allowed: {allowed}")
+
+    def subgroups(self) -> dict[Any, tuple[int, ...]]:
+        """``{subgroup_id: element indices, in the subgroup's order}`` (empty without a catalog)."""
+        if self.representations is None:
+            return {}
+        return {k: tuple(v) for k, v in self.representations.subgroups(self).items()}
+
+    def subgroup(self, subgroup_id: Any) -> tuple[Group, tuple[int, ...]]:
+        """The subgroup ``subgroup_id`` as a group, and the index in this group of each of its elements."""
+        subgroups = self.subgroups()
+        if subgroup_id not in subgroups:
+            allowed = ", ".join(map(str, subgroups)) or "none"
+            raise RepresentationError(f"group {self.name} has no subgroup {subgroup_id!r}; allowed: {allowed}")
+        if subgroup_id not in self._subgroup_cache:
+            self._subgroup_cache[subgroup_id] = self.representations.subgroup_group(self, subgroup_id)
+        return self._subgroup_cache[subgroup_id], subgroups[subgroup_id]
+
+    @cached_property
+    def _subgroup_cache(self) -> dict:
+        return {}
+
+    def quotient(self, subgroup_id: Any) -> Representation:
+        """The permutation representation on the cosets of the subgroup ``subgroup_id``."""
+        self._catalog("subgroups")
+        return quotient_representation(self, subgroup_id)
+
+    def extra_representations(self) -> tuple[Representation, ...]:
+        """The catalog's further named representations (kind ``custom``)."""
+        return () if self.representations is None else tuple(self.representations.extra(self))
+
+    def representation(self, name: str) -> Representation:
+        """A representation by the name a spec uses: ``trivial``, ``regular``, ``irrep(1)``/``irrep_1``,
+        ``irrep(1,2)``, ``quotient(2)``/``quotient(None,2)``, or an extra name of the catalog."""
+        for rep in self.extra_representations():
+            if rep.name == name:
+                return rep
+        kind, args = parse_rep_name(name)
+        if kind == "trivial" and not args:
+            return self.trivial()
+        if kind == "regular" and not args:
+            return self.regular()
+        if kind == "irrep" and args:
+            return self.irrep(*args)
+        if kind == "quotient":
+            return self.quotient(args[0])
+        extra = [r.name for r in self.extra_representations()]
+        allowed = ", ".join(["trivial", "regular", "irrep(...)", "quotient(...)", *extra])
+        raise RepresentationError(f"group {self.name} has no representation {name!r}; allowed: {allowed}")
+
+    def all_representations(self) -> list[Representation]:
+        """What ``gcnnkit reps`` lists: trivial, regular, the irreps, the quotient by every proper
+        non-trivial subgroup, and the catalog's extra representations."""
+        reps = [self.trivial(), self.regular()]
+        if self.representations is not None:
+            reps += list(self.irreps())
+            for sid, members in self.subgroups().items():
+                if 1 < len(members) < self.order:
+                    reps.append(self.quotient(sid))
+            reps += list(self.extra_representations())
+        return reps
+
     def __repr__(self) -> str:
         return f"Group({self.name}, order={self.order})"
 
@@ -183,7 +313,8 @@ def cyclic_group(n: int, name: str | None = None) -> Group:
     names = ["e"] + [f"r{k}" for k in range(1, n)]
     mats = [_rotation(2 * math.pi * k / n) for k in range(n)]
     escnn = {"gspace": "trivialOnR2"} if n == 1 else {"gspace": "rot2dOnR2", "N": n}
-    return Group(name or f"C{n}", names, mats, api_version=GROUP_API_VERSION, escnn=escnn)
+    catalog = planar_catalog("C", n)
+    return Group(name or f"C{n}", names, mats, api_version=GROUP_API_VERSION, escnn=escnn, representations=catalog)
 
 
 def dihedral_group(n: int, name: str | None = None) -> Group:
@@ -202,7 +333,8 @@ def dihedral_group(n: int, name: str | None = None) -> Group:
                 else rot
             )
     escnn = {"gspace": "flipRot2dOnR2", "N": n}
-    return Group(name or f"D{n}", names, mats, api_version=GROUP_API_VERSION, escnn=escnn)
+    catalog = planar_catalog("D", n)
+    return Group(name or f"D{n}", names, mats, api_version=GROUP_API_VERSION, escnn=escnn, representations=catalog)
 
 
 def check_group_axioms(group: Group) -> None:

@@ -17,9 +17,10 @@ from torch import nn
 
 from gcnnkit.core.backend import Backend
 from gcnnkit.core.errors import PluginError, SpecError
-from gcnnkit.core.fields import FieldType
+from gcnnkit.core.fields import FieldType, field_type_from_spec
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv, EquivariantLayer
+from gcnnkit.core.steerable_layers import gated_output_type, restricted_type
 from gcnnkit.models.spec import LayerSpec
 
 #: How ``out`` of ``lift``/``gconv`` layers is read.
@@ -52,6 +53,8 @@ class EquivariantNet(nn.Module):
         layers: Sequence[nn.Module],
         in_types: Sequence[FieldType],
         out_types: Sequence[FieldType],
+        layer_groups: Sequence[Group] | None = None,
+        element_maps: Sequence[Sequence[int | None]] | None = None,
     ) -> None:
         super().__init__()
         self.group = group
@@ -60,6 +63,11 @@ class EquivariantNet(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.in_types = list(in_types)
         self.out_types = list(out_types)
+        identity = tuple(range(group.order))
+        self.layer_groups = list(layer_groups) if layer_groups is not None else [group] * len(self.layers)
+        self.element_maps = (
+            [tuple(m) for m in element_maps] if element_maps is not None else [identity] * len(self.layers)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` images → ``[B, classes]`` logits (or the last layer's type)."""
@@ -105,6 +113,13 @@ class EquivariantNet(nn.Module):
         """Yield ``(name, module, in_type, out_type)`` for every layer."""
         yield from zip(self.layer_names(), self.layers, self.in_types, self.out_types, strict=True)
 
+    def symmetry(self, index: int) -> tuple[Group, tuple[int | None, ...]]:
+        """The group acting on the output of layer ``index`` (``-1``: on the input) and, for each element
+        of :attr:`group`, its index there (``None``: not in it, after a restriction)."""
+        if index < 0:
+            return self.group, tuple(range(self.group.order))
+        return self.layer_groups[index], self.element_maps[index]
+
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -139,6 +154,7 @@ class _Builder:
     widths: str
     current: FieldType
     size: int | None  # side of the square feature map, when the input size is known
+    element_map: tuple[int | None, ...] = ()  # each input-group element's index in ``group`` (restriction)
 
 
 #: A layer builder: ``(state, spec, where) → (module, output field type)``; it may update ``state.size``.
@@ -153,7 +169,7 @@ def _needs_map(b: _Builder, where: str) -> None:
 def _conv(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
     p, group = spec.params, b.group
     expected = "image" if spec.type == "lift" else "group"
-    if b.current.kind != expected:
+    if b.current.kind != expected and not (spec.type == "gconv" and b.current.kind == "steerable"):
         if spec.type == "lift":
             hint = "a network lifts once, from the input image; use 'gconv' after it"
         else:
@@ -169,9 +185,16 @@ def _conv(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldTyp
     padding = resolve_padding(p["padding"], p["kernel"], p["dilation"])
     if p["padding"] == "same" and p["kernel"] % 2 == 0:
         raise SpecError(f"{where}: padding 'same' needs an odd kernel, got {p['kernel']}; give an int")
-    fields = b.num_classes if p["out"] == "classes" else field_count(p["out"], group, b.widths)
-    factory = b.backend.lifting_conv if spec.type == "lift" else b.backend.group_conv
-    layer = factory(group, b.current, fields, p["kernel"], p["stride"], padding, p["dilation"], p["bias"])
+    out_type = _conv_out_type(b, p["out"], where)
+    if out_type.kind == "steerable" or b.current.kind == "steerable":
+        factory = b.backend.steerable_conv
+        with _located(where):
+            layer = factory(group, b.current, out_type, p["kernel"], p["stride"], padding, p["dilation"], p["bias"])
+    else:
+        factory = b.backend.lifting_conv if spec.type == "lift" else b.backend.group_conv
+        layer = factory(
+            group, b.current, out_type.channels, p["kernel"], p["stride"], padding, p["dilation"], p["bias"]
+        )
     if not isinstance(layer, EquivariantConv):
         raise PluginError(
             f"backend {b.backend.name!r}: {factory.__name__} returned a {type(layer).__name__}, not an "
@@ -179,21 +202,87 @@ def _conv(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldTyp
         )
     if b.size is not None:
         b.size = conv_output_size(b.size, p["kernel"], p["stride"], padding, p["dilation"])
-    return layer, FieldType("group", fields)
+    return layer, out_type
+
+
+def _conv_out_type(b: _Builder, out: int | str | dict, where: str) -> FieldType:
+    """``out`` of a conv: ``classes`` or an int (regular fields, scaled by the width mode) → a ``group``
+    type, as always; a mapping ``{representation: count}`` (fields, whatever the width mode) → the
+    type of those fields in that order (all regular: a ``group`` type again)."""
+    if isinstance(out, dict):
+        return field_type_from_spec(b.group, out, where)
+    return FieldType("group", b.num_classes if out == "classes" else field_count(out, b.group, b.widths))
 
 
 def _batchnorm(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
     _needs_map(b, where)
-    return b.backend.batch_norm(b.group, b.current), b.current
+    with _located(where):
+        return b.backend.batch_norm(b.group, b.current), b.current
 
 
 def _layernorm(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
     p = spec.params
-    return b.backend.layer_norm(b.group, b.current, p["affine"], float(p["eps"])), b.current
+    with _located(where):
+        return b.backend.layer_norm(b.group, b.current, p["affine"], float(p["eps"])), b.current
 
 
 def _activation(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
-    return b.backend.activation(b.group, b.current, spec.params["fn"]), b.current
+    with _located(where):
+        return b.backend.activation(b.group, b.current, spec.params["fn"]), b.current
+
+
+class _located:
+    """Prefix a :class:`SpecError` raised by a backend factory with the layer it was building."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, SpecError) and not str(exc).startswith(self.where):
+            raise SpecError(f"{self.where}: {exc}") from None
+        return False
+
+
+def _norm_act(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    _needs_map(b, where)
+    with _located(where):
+        return b.backend.norm_nonlinearity(b.group, b.current, spec.params["fn"], spec.params["bias"]), b.current
+
+
+def _gated(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    _needs_map(b, where)
+    out = gated_output_type(b.group, b.current, where)
+    with _located(where):
+        return b.backend.gated_nonlinearity(b.group, b.current), out
+
+
+def _restrict(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    _needs_map(b, where)
+    sid = _subgroup_id(b.group, spec.params["subgroup"], where)
+    with _located(where):
+        layer = b.backend.restrict(b.group, b.current, sid)
+    out = restricted_type(b.group, b.current, sid)
+    sub, inclusion = b.group.subgroup(sid)
+    where_in = {parent: i for i, parent in enumerate(inclusion)}
+    b.element_map = tuple(None if g is None else where_in.get(g) for g in b.element_map)
+    b.group = sub
+    return layer, out
+
+
+def _subgroup_id(group: Group, value, where: str):
+    """``subgroup:`` of ``restrict``: a subgroup's name (``C4``, ``D1``) or its id (``4``, ``[null, 4]``)."""
+    subgroups = group.subgroups()
+    names = {group.subgroup(sid)[0].name: sid for sid in subgroups}
+    if isinstance(value, str) and value in names:
+        return names[value]
+    sid = tuple(value) if isinstance(value, list) else value
+    if sid in subgroups:
+        return sid
+    allowed = ", ".join(f"{name} ({sid!r})" for name, sid in names.items()) or "none"
+    raise SpecError(f"{where}.subgroup: {group.name} has no subgroup {value!r}; allowed: {allowed}")
 
 
 def _dropout(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
@@ -205,19 +294,25 @@ def _pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldTyp
     p = spec.params
     if b.size is not None:
         b.size = conv_output_size(b.size, p["kernel"], p["stride"] or p["kernel"], p["padding"])
-    return b.backend.spatial_pool(b.group, b.current, p["mode"], p["kernel"], p["stride"], p["padding"]), b.current
+    with _located(where):
+        layer = b.backend.spatial_pool(b.group, b.current, p["mode"], p["kernel"], p["stride"], p["padding"])
+    return layer, b.current
 
 
 def _group_pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
-    if b.current.kind != "group":
+    if b.current.kind not in ("group", "steerable"):
         raise SpecError(f"{where}: needs a group feature map but gets {b.current}; put it after a 'lift' or 'gconv'")
-    return b.backend.group_pool(b.group, b.current, spec.params["mode"]), FieldType("image", b.current.channels)
+    with _located(where):
+        layer = b.backend.group_pool(b.group, b.current, spec.params["mode"])
+    return layer, FieldType("image", b.current.channels)
 
 
 def _global_pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
     if b.current.kind == "vector":
         raise SpecError(f"{where}: the input is already pooled ({b.current})")
-    return b.backend.global_pool(b.group, b.current, spec.params["mode"]), FieldType("vector", b.current.channels)
+    with _located(where):
+        layer = b.backend.global_pool(b.group, b.current, spec.params["mode"])
+    return layer, FieldType("vector", b.current.channels)
 
 
 def _orbit_pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
@@ -227,7 +322,8 @@ def _orbit_pool(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, Fi
         raise SpecError(f"{where}: orbit_pool needs the input image size to know its output size")
     if b.size < 1:
         raise SpecError(f"{where}: the layers before it shrink the input to nothing")
-    layer = b.backend.orbit_pool(b.group, b.current, spec.params["mode"], size=b.size)
+    with _located(where):
+        layer = b.backend.orbit_pool(b.group, b.current, spec.params["mode"], size=b.size)
     return layer, FieldType("vector", b.current.channels * b.size * b.size)
 
 
@@ -252,6 +348,9 @@ LAYER_BUILDERS: dict[str, LayerBuilder] = {
     "global_pool": _global_pool,
     "orbit_pool": _orbit_pool,
     "linear": _linear,
+    "norm_act": _norm_act,
+    "gated": _gated,
+    "restrict": _restrict,
 }
 
 
@@ -284,7 +383,8 @@ def build_network(
         raise SpecError(f"model.widths: {widths!r} is not allowed; allowed: {', '.join(WIDTH_MODES)}")
     backend.require(group)
     b = _Builder(backend, group, num_classes, widths, FieldType("image", in_channels), image_size)
-    layers, in_types, out_types = [], [], []
+    b.element_map = tuple(range(group.order))
+    layers, in_types, out_types, groups, maps = [], [], [], [], []
     for i, spec in enumerate(specs):
         builder = LAYER_BUILDERS.get(spec.type)
         if builder is None:  # parse_layers only produces the types above
@@ -293,12 +393,14 @@ def build_network(
         layers.append(layer)
         in_types.append(b.current)
         out_types.append(out)
+        groups.append(b.group)
+        maps.append(b.element_map)
         b.current = out
     if b.current.kind != "vector":
         raise SpecError(
             f"the network ends with {b.current}, not with pooled features; end it with 'global_pool' (and 'linear')"
         )
-    return EquivariantNet(group, backend.name, specs, layers, in_types, out_types)
+    return EquivariantNet(group, backend.name, specs, layers, in_types, out_types, groups, maps)
 
 
 def build_model(

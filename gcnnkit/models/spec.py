@@ -13,6 +13,12 @@ mapping ``{type: ..., **params}``::
       - {type: global_pool, mode: avg}
       - {type: linear, out: classes}
 
+Steerable field types (``out: {regular: 8, irrep(1): 4, trivial: 2}``, see :mod:`gcnnkit.core.fields`)
+add ``norm_act`` (norm nonlinearity, ``fn: relu|sigmoid|softplus|squash``, learned bias), ``gated``
+(the first half of the fields gate the second half) and ``restrict`` (``subgroup: C4``: the
+network after it is equivariant to the subgroup only); ``batchnorm``, ``group_pool`` and
+``global_pool`` take any field type.
+
 Besides these, ``layernorm`` (per-sample normalisation with a per-field affine map),
 ``orbit_pool`` (pool over the group and its action on the map, then flatten: an invariant
 vector that keeps the spatial layout) and ``lift``/``gconv`` with ``out: classes`` (one field per
@@ -35,7 +41,9 @@ from gcnnkit.core.errors import SpecError
 REQUIRED = object()
 
 _CONV_PARAMS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "out": ((int, str), REQUIRED),  # an int, or "classes": one field per class (whatever the width mode)
+    # an int (regular fields), "classes" (one field per class, whatever the width mode), or an ordered
+    # mapping of representation names to field counts, {regular: 8, irrep(1): 4, trivial: 2}
+    "out": ((int, str, dict), REQUIRED),
     "kernel": ((int,), 3),
     "stride": ((int,), 1),
     "padding": ((int, str), "same"),
@@ -61,6 +69,10 @@ LAYER_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "global_pool": {"mode": ((str,), "avg")},
     "orbit_pool": {"mode": ((str,), "mean")},
     "linear": {"out": ((int, str), "classes"), "bias": ((bool,), True)},
+    # steerable field types (gcnnkit.core.steerable_layers)
+    "norm_act": {"fn": ((str,), "relu"), "bias": ((bool,), True)},
+    "gated": {},
+    "restrict": {"subgroup": ((str, int, list), REQUIRED)},
 }
 
 #: allowed values of string-valued params
@@ -70,6 +82,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("group_pool", "mode"): ("max", "mean"),
     ("global_pool", "mode"): ("max", "avg"),
     ("orbit_pool", "mode"): ("mean", "max"),
+    ("norm_act", "fn"): ("relu", "sigmoid", "softplus", "squash"),
 }
 
 LAYER_TYPES: tuple[str, ...] = tuple(LAYER_PARAMS) + tuple(ACTIVATIONS)
@@ -88,7 +101,15 @@ class LayerSpec:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "int", float: "number", str: "string", bool: "bool", type(None): "null"}
+    names = {
+        int: "int",
+        float: "number",
+        str: "string",
+        bool: "bool",
+        type(None): "null",
+        dict: "mapping",
+        list: "list",
+    }
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -120,6 +141,8 @@ def parse_layer(entry: Any, where: str) -> LayerSpec:
             params[name] = default
             continue
         value = entry[name]
+        if isinstance(value, Mapping) and dict in types:
+            value = dict(value)  # an ordered plain dict (YAML mappings keep their order)
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if float in types and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
@@ -137,7 +160,13 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
     if layer_type in ("lift", "gconv"):
         out = params["out"]
         if isinstance(out, str) and out != "classes":
-            raise SpecError(f"{where}.out: {out!r} is not allowed; allowed: an int >= 1 or 'classes'")
+            raise SpecError(
+                f"{where}.out: {out!r} is not allowed; allowed: an int >= 1, 'classes' or a mapping "
+                f"{{representation: count}}"
+            )
+        if isinstance(out, dict):
+            _check_field_counts(out, where)
+            out = 1
         if (isinstance(out, int) and out < 1) or params["kernel"] < 1 or params["stride"] < 1 or params["dilation"] < 1:
             raise SpecError(f"{where}: out, kernel, stride and dilation must be >= 1, got {params}")
         pad = params["padding"]
@@ -145,6 +174,8 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
             raise SpecError(f"{where}.padding: {pad!r} is not allowed; allowed: 'same' or an int >= 0")
         if isinstance(pad, int) and pad < 0:
             raise SpecError(f"{where}.padding: must be >= 0, got {pad}")
+    if layer_type == "norm_act" and params["fn"] == "squash" and params["bias"]:
+        raise SpecError(f"{where}: norm_act fn 'squash' takes no bias; set bias: false")
     if layer_type == "layernorm" and not params["eps"] > 0:
         raise SpecError(f"{where}.eps: must be > 0, got {params['eps']}")
     if layer_type == "linear":
@@ -160,6 +191,22 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
             raise SpecError(
                 f"{where}.padding: must be at most half the kernel ({params['kernel']}), got {params['padding']}"
             )
+
+
+def _check_field_counts(out: dict, where: str) -> None:
+    """A field-type mapping: non-empty, string keys (representation names), counts >= 1."""
+    if not out:
+        raise SpecError(f"{where}.out: an empty mapping has no fields; e.g. {{regular: 8, irrep(1): 4}}")
+    for name, count in out.items():
+        if not isinstance(name, str):
+            raise SpecError(f"{where}.out: representation names are strings, got {name!r}")
+        if name.count("(") != name.count(")") or name.count("[") != name.count("]"):
+            raise SpecError(
+                f"{where}.out: representation name {name!r} was cut at a comma (a YAML flow mapping "
+                f"{{...}} splits there); quote it, e.g. {{'irrep(1,1)': 2}}, or write the mapping in block style"
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise SpecError(f"{where}.out[{name!r}]: expected a field count >= 1, got {count!r}")
 
 
 def parse_layers(layers: Sequence[Any], where: str = "model.layers") -> list[LayerSpec]:

@@ -28,6 +28,7 @@ from gcnnkit.testing.conformance import ConformanceError, ConformanceReport, ass
 
 __all__ = [
     "assert_group_axioms",
+    "assert_representations",
     "assert_equivariant",
     "assert_network_equivariant",
     "assert_backend_conforms",
@@ -51,6 +52,31 @@ def assert_group_axioms(group: Group) -> None:
                 raise AssertionError(f"{group.name}: T({names[a]}) T({names[b]}) != T({names[a]}·{names[b]}) on images")
     if not regular_representation(group).is_homomorphism():
         raise AssertionError(f"{group.name}: the regular representation is not a homomorphism")
+    assert_representations(group)
+
+
+def assert_representations(group: Group) -> None:
+    """Every representation the group's catalog offers (:meth:`Group.all_representations`) is a
+    homomorphism with ``ρ(e) = I``; irrep params are unique; every subgroup is closed, starts at the
+    identity, and its group's matrices are the parent's."""
+    for rep in group.all_representations():
+        if not rep.is_homomorphism(atol=1e-9):
+            raise AssertionError(f"{group.name}: representation {rep.name} is not a homomorphism")
+        if not torch.allclose(rep.matrix(0), torch.eye(rep.size, dtype=rep.matrices.dtype), atol=1e-12):
+            raise AssertionError(f"{group.name}: representation {rep.name} does not map the identity to I")
+    if group.representations is None:
+        return
+    params = [r.params for r in group.irreps()]
+    if len(set(params)) != len(params):
+        raise AssertionError(f"{group.name}: two irreps share params: {params}")
+    table = group.cayley_table
+    for sid, members in group.subgroups().items():
+        idx = torch.tensor(members)
+        if members[0] != group.identity or not set(table[idx][:, idx].flatten().tolist()) <= set(members):
+            raise AssertionError(f"{group.name}: subgroup {sid!r} ({members}) is not closed or does not start at e")
+        sub, _ = group.subgroup(sid)
+        if not torch.allclose(sub.matrices, group.matrices[idx], atol=1e-12):
+            raise AssertionError(f"{group.name}: subgroup {sid!r} has other matrices than its elements in the group")
 
 
 def assert_equivariant(

@@ -9,6 +9,7 @@ from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv
 from gcnnkit_native.layers import FieldBatchNorm, GroupConv, LiftingConv
+from gcnnkit_native.steerable import SteerableConv
 
 
 class NativeBackend(Backend):
@@ -48,7 +49,32 @@ class NativeBackend(Backend):
     ) -> EquivariantConv:
         return GroupConv(group, in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias)
 
+    def supports(self, group: Group) -> str | None:
+        if group.continuous:
+            return (
+                "it is continuous, and the native backend builds filter banks for finite groups only; "
+                "use model.backend=escnn"
+            )
+        return None
+
+    def steerable_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_type: FieldType,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> EquivariantConv:
+        """Any field types of an exact group (:mod:`gcnnkit_native.steerable`); interpolated groups are
+        refused in one line (they keep regular fields; the escnn backend has the rest)."""
+        return SteerableConv(group, in_type, out_type, kernel_size, stride, padding, dilation, bias)
+
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
         if in_type.kind == "group":
             return FieldBatchNorm(in_type.channels, group.order)  # with its NHWC path
+        if in_type.kind == "steerable":
+            return super().batch_norm(group, in_type)  # per field, norm-based on non-permutation fields
         return nn.BatchNorm2d(in_type.channels)

@@ -46,6 +46,7 @@ def _with_table(group: Group, table: torch.Tensor) -> Group:
         api_version=API_VERSION,
         cayley_table=table,
         escnn=group.escnn,
+        representations=group.representations,
     )
 
 
