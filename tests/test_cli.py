@@ -62,13 +62,8 @@ def test_train_writes_a_run_and_summarises_it_last(runner, tiny_config, tmp_path
     last = result.stdout.strip().splitlines()[-1]
     for part in ("group C4", "backend native", "preset gcnn-tiny", "params", "upright", "rotated", f"run dir {out}"):
         assert part in last
-    assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.pt",
-        "config.yaml",
-        "metrics.csv",
-        "metrics.jsonl",
-        "summary.json",
-    ]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoint.pt", "config.yaml", "data.json", "metrics.csv", "metrics.jsonl", "summary.json"]
 
 
 def test_train_resume_from_the_cli(runner, tiny_run, tmp_path):

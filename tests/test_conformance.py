@@ -27,6 +27,7 @@ from gcnnkit.testing.conformance import DEFAULT_GROUPS, layer_cases
 FACTORIES = {
     "lifting_conv", "group_conv", "batch_norm", "group_pool", "activation", "dropout", "layer_norm",
     "spatial_pool", "global_pool", "orbit_pool", "linear",
+    "residual",  # residual blocks composed of the factories above (identity and projection shortcuts)
 }  # fmt: skip
 
 
@@ -84,7 +85,9 @@ def test_escnn_backend_with_the_complete_basis_conforms(escnn):
 
 
 # --------------------------------------------------------------------------- broken backends
-def _failures(backend, group: str = "C2") -> list[str]:
+def _failures(backend, group: str = "C2", blocks: bool = False) -> list[str]:
+    """The failures of the factories' own layers, or with ``blocks`` those of the residual blocks the
+    suite composes of them (which inherit a broken factory's failure)."""
     with pytest.raises(ConformanceError) as info:
         assert_backend_conforms(backend, [group])
     message = str(info.value)
@@ -92,7 +95,7 @@ def _failures(backend, group: str = "C2") -> list[str]:
     assert message.startswith(f"backend {backend.name!r} does not conform to the backend contract")
     assert f"{len(failures)} failure(s)" in message.splitlines()[0]
     assert all(line in message for line in failures)
-    return failures
+    return [line for line in failures if (", residual(" in line) == blocks]
 
 
 def _only(failures: list[str], factory: str, check: str, problem: str) -> None:
@@ -124,6 +127,8 @@ def test_a_group_conv_bank_without_the_group_permutation_is_caught():
     _only(failures, "group_conv", "equivariance", "not equivariant in float32, eval mode: relative error")
     assert len(failures) == 4  # each group_conv variant, and nothing else
     assert "group C4, group_conv(group[2], out_fields=3, kernel_size=3, stride=1" in failures[0]
+    blocks = _failures(UnpermutedBackend(), "C4", blocks=True)  # every residual block has a group conv
+    assert len(blocks) == 3 and all("): equivariance: not equivariant" in line for line in blocks), blocks
 
 
 class _AffineLessExportLayerNorm(FieldLayerNorm):

@@ -9,6 +9,7 @@ on escnn. The published numbers themselves are in ``docs/results.md``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ BACKENDS = ["native", pytest.param("escnn", marks=pytest.mark.escnn)]
 def test_every_published_preset_has_a_committed_config():
     presets = {yaml.safe_load((CONFIGS / name).read_text())["model"]["preset"] for name in PUBLISHED}
     published = {"gcnn-uva", "cnn-uva", "gcnn-posit", "cnn-posit", "z2cnn", "p4cnn", "c4cnn-gdl", "cnn-gdl"}
-    published |= {"eqcnn", "simplecnn"}
+    published |= {"eqcnn", "simplecnn", "p4cnn-rotpool"}
     assert published <= presets, published - presets
     for name in presets:
         get_preset(name)
@@ -47,6 +48,8 @@ SOURCE_PROTOCOLS = {
     # 'rotation' augmentation = U(-π, π) passed to skimage as degrees
     "rotmnist_p4cnn.yaml": (100, 128, "adam", 1e-3, 0.0, "none", "rotate", 3.141592653589793, True, 28, "bilinear"),
     "rotmnist_z2cnn.yaml": (300, 128, "adam", 1e-3, 0.0, "none", "rotate", 3.141592653589793, True, 28, "bilinear"),
+    # the same script, model_epochs['P4CNN_RP.py'] = 100
+    "rotmnist_p4cnn_rotpool.yaml": (100, 128, "adam", 1e-3, 0.0, "none", "rotate", math.pi, True, 28, "bilinear"),
     # jipq6175 c4_convolution post: edge-pad (2, 3) to 33, ToTensor only, batch 64, AdamW(5e-5, 1e-5), 51 epochs
     "rotmnist_c4cnn_gdl.yaml": (51, 64, "adamw", 5e-5, 1e-5, "none", "none", None, False, 33, "pad"),
     "rotmnist_cnn_gdl.yaml": (51, 64, "adamw", 5e-5, 1e-5, "none", "none", None, False, 33, "pad"),

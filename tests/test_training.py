@@ -49,6 +49,7 @@ def test_run_directory_holds_config_metrics_checkpoint_summary(tiny_run):
     assert sorted(p.name for p in tiny_run.iterdir()) == [
         "checkpoint.pt",
         "config.yaml",
+        "data.json",
         "metrics.csv",
         "metrics.jsonl",
         "summary.json",

@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "bench": "gcnnkit.cli.bench",
     "export": "gcnnkit.cli.export",
     "compare": "gcnnkit.cli.compare",
+    "predict": "gcnnkit.cli.predict",
+    "make-folder": "gcnnkit.cli.make_folder",
 }
 
 

@@ -59,6 +59,17 @@ from gcnnkit.tools.bench import CLOCKS, DEFAULT_GROUP, DEFAULT_REPEATS
     help="Comma-separated: fp32, bf16, fp16 (CUDA). Each contender runs in each, the forward pass under autocast "
     "as in training; every ratio is to the fp32 floor.",
 )
+@click.option(
+    "--data",
+    "data_config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Bench the input pipeline of this CONFIG instead: its images/s beside the model's training images/s, "
+    "and peak RSS (gcnnkit.tools.databench).",
+)
+@click.option(
+    "--max-images", type=int, default=4096, show_default=True, help="--data only: training images the pipeline reads."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report (ratios under ratio_to_floor).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON report to this file.")
 def command(
@@ -78,6 +89,8 @@ def command(
     threads: int | None,
     channels_last: bool,
     precisions: str,
+    data_config: str | None,
+    max_images: int,
     as_json: bool,
     out: str | None,
 ) -> None:
@@ -93,6 +106,7 @@ def command(
       gcnnkit bench --batch-sizes 64 --sizes 28
       gcnnkit bench configs/digits_c4.yaml --backends native,escnn --json
       gcnnkit bench --device cuda --batch-sizes 1,64,256 --sizes 28,64
+      gcnnkit bench --data configs/folder_example.yaml --set data.in_memory=false
     """
     from pathlib import Path
 
@@ -101,6 +115,21 @@ def command(
     from gcnnkit.core.errors import GcnnkitError
     from gcnnkit.tools.bench import config_cases, format_report, parse_int_list, preset_cases, resolve_device, run_bench
 
+    if data_config is not None:
+        from gcnnkit.tools.databench import format_data_report, run_data_bench
+
+        if configs:
+            raise GcnnkitError("--data CONFIG benches one config's input pipeline; give no other CONFIG")
+        if max_images < 1:
+            raise GcnnkitError(f"--max-images: expected a positive number, got {max_images}")
+        report = run_data_bench(
+            data_config, overrides, device=device, max_images=max_images, log=lambda m: click.echo(m, err=True)
+        )
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(to_json(report) + "\n", encoding="utf-8")
+        click.echo(to_json(report) if as_json else format_data_report(report))
+        return
     dev = resolve_device(device)  # fails first, before anything is built
     batches = parse_int_list(batch_sizes, "--batch-sizes")
     size_list = parse_int_list(sizes, "--sizes") if sizes else None

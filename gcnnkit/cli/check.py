@@ -70,3 +70,15 @@ def _print_table(report) -> None:
     if show_interp:
         line += f"; interpolated elements up to {report.max_interpolated_error:.2e} (not judged)"
     click.echo(line)
+    if report.continuous:
+        exact = report.results[-1].exact
+        click.echo(
+            f"{report.group} is continuous; end-to-end error per sampled angle (* judged: exact on the pixel grid):"
+        )
+        for line in format_table(
+            [
+                ("angle", "rel err", ""),
+                *((g, f"{e:.2e}", "*" if exact.get(g) else "") for g, e in report.per_angle().items()),
+            ]
+        ):
+            click.echo(line)

@@ -1,4 +1,4 @@
-"""``gcnnkit plugins``: installed backends and groups, and why any failed to load."""
+"""``gcnnkit plugins``: installed backends, groups and data sets, and why any failed to load."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from gcnnkit.tools.table import format_table
 
 
 @click.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Print {backends: [...], groups: [...]} as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print {backends, groups, datasets: [...]} as JSON.")
 def command(as_json: bool) -> None:
-    """List backend and group plugins with their distribution and version; failed ones with the reason."""
+    """List backend, group and data-set plugins with their distribution and version; failed ones with the reason."""
     from gcnnkit.core.registry import AUTOLOAD_ENV, autoload_disabled, plugin_report
 
     infos = plugin_report()
@@ -21,6 +21,7 @@ def command(as_json: bool) -> None:
                 {
                     "backends": [i.to_dict() for i in infos if i.kind == "backend"],
                     "groups": [i.to_dict() for i in infos if i.kind == "group"],
+                    "datasets": [i.to_dict() for i in infos if i.kind == "dataset"],
                 }
             )
         )

@@ -24,7 +24,7 @@ from gcnnkit.cli._common import set_option
 def command(config: str, overrides: tuple[str, ...], out: str | None, resume: bool) -> None:
     """Train the model CONFIG describes, testing it every epoch under the eval protocols.
 
-    Writes config.yaml, metrics.jsonl (one line per epoch), checkpoint.pt and summary.json into
+    Writes config.yaml, data.json, metrics.jsonl (one line per epoch), checkpoint.pt and summary.json into
     the run directory. The last printed line summarises the run.
     """
     from gcnnkit.run.config import load_config

@@ -139,6 +139,7 @@ def check_network(
     elements: Iterable[int | str] | None = None,
     device: torch.device | str = "cpu",
     smooth: bool = False,
+    inner: bool = False,
 ) -> list[EquivarianceResult]:
     """Per-layer and end-to-end equivariance of an :class:`~gcnnkit.models.network.EquivariantNet`.
 
@@ -149,8 +150,13 @@ def check_network(
     network's floating dtype (drawn in float32, so a float64 copy of a network sees the same images).
     The network is put in eval mode (dropout off, batch norm on running statistics).
 
+    With ``inner=True`` a layer made of parts (a :class:`~gcnnkit.core.residual.ResidualBlock`,
+    anything with ``branches()``) is followed by one result per part, named
+    ``"<layer>/<part>"`` (e.g. ``"3.residual/body.0.gconv"``, ``"3.residual/shortcut.conv"``), each
+    checked on what reaches it from the block's input.
+
     Returns:
-        one :class:`EquivarianceResult` per layer, then the end-to-end one.
+        one :class:`EquivarianceResult` per layer (and part), then the end-to-end one.
     """
     with eval_mode(net):
         gen = torch.Generator().manual_seed(seed)
@@ -165,8 +171,13 @@ def check_network(
         for i, (name, layer, t_in, t_out) in enumerate(net.typed_layers()):
             if symmetry is None:
                 results.append(equivariance_errors(layer, group, t_in, t_out, x, elements, name))
+                part_group, part_elements = group, elements
             else:
                 results.append(_restricted_errors(layer, symmetry(i - 1), symmetry(i), t_in, t_out, x, elements, name))
+                part_group, map_out = symmetry(i)
+                part_elements = [map_out[g] for g in elements if map_out[g] is not None]
+            if inner:
+                results += _part_errors(layer, part_group, x, part_elements, name)
             x = layer(x)
         if symmetry is None:
             results.append(equivariance_errors(net, group, net.in_type, net.out_type, x0, elements, "end-to-end"))
@@ -206,6 +217,21 @@ def _restricted_errors(
             result.errors[label] = relative_error(module(in_type.act(g_in, a, x)), out_type.act(g_out, b, y))
             result.exact[label] = g_out.is_exact(b)
     return result
+
+
+def _part_errors(
+    layer: nn.Module, group: Group, x: torch.Tensor, elements: list[int | str], prefix: str
+) -> list[EquivarianceResult]:
+    """Equivariance of each part of a layer with ``branches()`` (recursively), on ``x`` fed through."""
+    results: list[EquivarianceResult] = []
+    for branch in getattr(layer, "branches", lambda: [])():
+        y = x
+        for name, part, t_in, t_out in branch:
+            full = f"{prefix}/{name}"
+            results.append(equivariance_errors(part, group, t_in, t_out, y, elements, full))
+            results += _part_errors(part, group, y, elements, full)
+            y = part(y)
+    return results
 
 
 def _floating_dtype(net: nn.Module) -> torch.dtype:

@@ -39,8 +39,12 @@ from gcnnkit.core.backend import BACKEND_API_VERSION, Backend
 from gcnnkit.core.errors import PluginError
 from gcnnkit.core.group import GROUP_API_VERSION, Group, GroupAxiomError, check_group_axioms
 
-ENTRY_POINT_GROUPS = {"backend": "gcnnkit.backends", "group": "gcnnkit.groups"}
-API_VERSIONS = {"backend": BACKEND_API_VERSION, "group": GROUP_API_VERSION}
+#: Version of the data-set plugin contract (:mod:`gcnnkit.run.data.plugins`, docs/data.md).
+DATASET_API_VERSION = 1
+ENTRY_POINT_GROUPS = {"backend": "gcnnkit.backends", "group": "gcnnkit.groups", "dataset": "gcnnkit.datasets"}
+API_VERSIONS = {"backend": BACKEND_API_VERSION, "group": GROUP_API_VERSION, "dataset": DATASET_API_VERSION}
+#: What a data-set plugin object must have (the contract is :class:`gcnnkit.run.data.plugins.DatasetSource`).
+_DATASET_ATTRIBUTES = ("classes", "channels", "image_size", "load")
 AUTOLOAD_ENV = "GCNNKIT_DISABLE_PLUGIN_AUTOLOAD"
 _FAMILY_FIELD = "{N}"
 #: Groups up to this order get the full axiom check (associativity is O(|G|³)) when loaded.
@@ -108,13 +112,13 @@ class Registry:
 
     def __init__(self) -> None:
         self._infos: dict[str, list[PluginInfo]] | None = None
-        self._manual: dict[str, list[PluginInfo]] = {"backend": [], "group": []}
+        self._manual: dict[str, list[PluginInfo]] = {kind: [] for kind in ENTRY_POINT_GROUPS}
         self._objects: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------ discovery
     def _discover(self) -> dict[str, list[PluginInfo]]:
         if self._infos is None:
-            infos: dict[str, list[PluginInfo]] = {"backend": [], "group": []}
+            infos: dict[str, list[PluginInfo]] = {kind: [] for kind in ENTRY_POINT_GROUPS}
             if not autoload_disabled():
                 for kind, ep_group in ENTRY_POINT_GROUPS.items():
                     seen: set[tuple[str, str, str]] = set()
@@ -266,6 +270,15 @@ class Registry:
             if not isinstance(obj, Backend):
                 raise PluginError(f"expected a gcnnkit.core.backend.Backend, got {type(obj).__name__}")
             return obj
+        if info.kind == "dataset":
+            obj = raw() if isinstance(raw, type) else raw
+            missing = [a for a in _DATASET_ATTRIBUTES if not hasattr(obj, a)]
+            if missing:
+                raise PluginError(
+                    f"a data-set plugin needs {', '.join(_DATASET_ATTRIBUTES)}; {type(obj).__name__} lacks "
+                    f"{', '.join(missing)} (see docs/data.md)"
+                )
+            return obj
         if info.is_family:
             if not callable(raw) or isinstance(raw, Group):
                 raise PluginError(f"a group family must be a callable taking N, got {type(raw).__name__}")
@@ -370,6 +383,20 @@ def register_backend(name: str, backend: Backend | type[Backend]) -> None:
 def register_group(name: str, group: Group | Callable[..., Group]) -> None:
     """Register a group, a zero-argument factory, or (for ``"X{N}"`` names) a factory of ``N``."""
     REGISTRY.register("group", name, group)
+
+
+def get_dataset_source(name: str) -> Any:
+    """The data-set plugin registered as ``name`` (see :mod:`gcnnkit.run.data.plugins`)."""
+    return REGISTRY.get("dataset", name)
+
+
+def dataset_plugin_names() -> list[str]:
+    return REGISTRY.names("dataset")
+
+
+def register_dataset(name: str, source: Any) -> None:
+    """Register a data-set source (an object or a class) in this process, without an entry point."""
+    REGISTRY.register("dataset", name, source)
 
 
 def plugin_report() -> list[PluginInfo]:

@@ -20,8 +20,9 @@ from gcnnkit.core.errors import PluginError, SpecError
 from gcnnkit.core.fields import FieldType, field_type_from_spec
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv, EquivariantLayer
+from gcnnkit.core.residual import ResidualBlock, build_projection, residual_activation
 from gcnnkit.core.steerable_layers import gated_output_type, restricted_type
-from gcnnkit.models.spec import LayerSpec
+from gcnnkit.models.spec import LayerSpec, parse_layers
 
 #: How ``out`` of ``lift``/``gconv`` layers is read.
 #: ``fields``: the number of fields (each ``|G|`` channels).
@@ -335,6 +336,71 @@ def _linear(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldT
     return b.backend.linear(b.group, b.current, features, p["bias"]), FieldType("vector", features)
 
 
+def _stride(specs: Sequence[LayerSpec]) -> int:
+    """Total stride of a layer list (convolutions, pools, nested residual bodies)."""
+    total = 1
+    for spec in specs:
+        p = spec.params
+        if spec.type in ("lift", "gconv"):
+            total *= p["stride"]
+        elif spec.type == "pool":
+            total *= p["stride"] or p["kernel"]
+        elif spec.type == "residual":
+            total *= _stride(parse_layers(p["layers"]))
+    return total
+
+
+def _residual(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
+    """``act(body(x) + shortcut(x))`` (:class:`~gcnnkit.core.residual.ResidualBlock`)."""
+    _needs_map(b, where)
+    p = spec.params
+    body_specs = parse_layers(p["layers"], f"{where}.layers")
+    x_type, x_size = b.current, b.size
+    group_before = b.group
+    body, in_types, out_types, _, _ = _build_layers(b, body_specs, f"{where} body layer ")
+    if b.group is not group_before:
+        raise SpecError(
+            f"{where}: a restriction inside a residual block is not allowed; put 'restrict' before or after the block"
+        )
+    out_type, out_size = b.current, b.size
+    b.current = x_type  # the caller records the block's input type
+    stride = _stride(body_specs)
+    sizes = f" ({x_size}×{x_size} → {out_size}×{out_size})" if x_size is not None else ""
+    shortcut, shortcut_types = [], []
+    if p["shortcut"] == "identity":
+        if out_type != x_type or stride != 1 or (x_size is not None and out_size != x_size):
+            raise SpecError(
+                f"{where}: the body maps {x_type} to {out_type}{sizes}, stride {stride}, so the identity shortcut "
+                f"does not fit; set shortcut: projection (a 1×1 convolution, strided like the body, + batch norm)"
+            )
+    else:
+        if out_type.kind != "group" or x_type.kind == "vector":
+            raise SpecError(
+                f"{where}: a projection shortcut maps an image or group feature map to a group feature map, "
+                f"but the body maps {x_type} to {out_type}"
+            )
+        projected = conv_output_size(x_size, 1, stride, 0) if x_size is not None else None
+        if projected is not None and projected != out_size:
+            raise SpecError(
+                f"{where}: the body maps a {x_size}×{x_size} map to {out_size}×{out_size}, but a 1×1 projection of "
+                f"stride {stride} gives {projected}×{projected}; use 'same' padding in the body's convolutions"
+            )
+        modules, types = build_projection(b.backend, b.group, x_type, out_type, stride, p["shortcut_norm"])
+        shortcut = modules
+        shortcut_types = list(zip([x_type, *types[:-1]], types, strict=True))
+    names = [f"{i}.{s.type}" for i, s in enumerate(body_specs)]
+    block = ResidualBlock(
+        b.group,
+        body,
+        list(zip(in_types, out_types, strict=True)),
+        shortcut,
+        shortcut_types,
+        residual_activation(b.backend, b.group, out_type, p["act"]),
+        names,
+    )
+    return block, out_type
+
+
 #: How each layer type of :mod:`gcnnkit.models.spec` is built (a new layer type adds one entry).
 LAYER_BUILDERS: dict[str, LayerBuilder] = {
     "lift": _conv,
@@ -351,7 +417,28 @@ LAYER_BUILDERS: dict[str, LayerBuilder] = {
     "norm_act": _norm_act,
     "gated": _gated,
     "restrict": _restrict,
+    "residual": _residual,
 }
+
+
+def _build_layers(
+    b: _Builder, specs: Sequence[LayerSpec], prefix: str = "layer "
+) -> tuple[list[nn.Module], list[FieldType], list[FieldType], list[Group], list[tuple[int | None, ...]]]:
+    """Build ``specs`` in order from ``b.current``: the modules, each one's input and output type, and the
+    group acting on each one's output with the element map into it (both change only at a restriction)."""
+    layers, in_types, out_types, groups, maps = [], [], [], [], []
+    for i, spec in enumerate(specs):
+        builder = LAYER_BUILDERS.get(spec.type)
+        if builder is None:  # parse_layers only produces the types above
+            raise SpecError(f"{prefix}{i} ({spec.type}): unknown layer type {spec.type!r}")
+        layer, out = builder(b, spec, f"{prefix}{i} ({spec.type})")
+        layers.append(layer)
+        in_types.append(b.current)
+        out_types.append(out)
+        groups.append(b.group)
+        maps.append(b.element_map)
+        b.current = out
+    return layers, in_types, out_types, groups, maps
 
 
 def build_network(
@@ -384,18 +471,7 @@ def build_network(
     backend.require(group)
     b = _Builder(backend, group, num_classes, widths, FieldType("image", in_channels), image_size)
     b.element_map = tuple(range(group.order))
-    layers, in_types, out_types, groups, maps = [], [], [], [], []
-    for i, spec in enumerate(specs):
-        builder = LAYER_BUILDERS.get(spec.type)
-        if builder is None:  # parse_layers only produces the types above
-            raise SpecError(f"layer {i} ({spec.type}): unknown layer type {spec.type!r}")
-        layer, out = builder(b, spec, f"layer {i} ({spec.type})")
-        layers.append(layer)
-        in_types.append(b.current)
-        out_types.append(out)
-        groups.append(b.group)
-        maps.append(b.element_map)
-        b.current = out
+    layers, in_types, out_types, groups, maps = _build_layers(b, specs)
     if b.current.kind != "vector":
         raise SpecError(
             f"the network ends with {b.current}, not with pooled features; end it with 'global_pool' (and 'linear')"
@@ -428,7 +504,6 @@ def build_model(
     """
     from gcnnkit.core.registry import get_backend, get_group
     from gcnnkit.models.presets import get_preset
-    from gcnnkit.models.spec import parse_layers
 
     if (preset is None) == (layers is None):
         raise SpecError("model: give exactly one of 'preset' or 'layers'")

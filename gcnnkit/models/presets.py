@@ -352,3 +352,203 @@ register_preset(
         reference=_DEV,
     )
 )
+
+
+# ------------------------------------------------------------------------------------------
+# Cohen & Welling (2016) §8.2, CIFAR-10 (numbers as in the README of tscohen/gconv_experiments)
+# ------------------------------------------------------------------------------------------
+# The published networks take 32×32 images and downsample with stride-2 3×3 convolutions
+# (padding 1). On an even map such a grid is not centred on the image, so a quarter turn moves
+# it by one pixel and rot90/flip equivariance is lost. gcnnkit's CIFAR-10 configs therefore feed
+# 33×33 images (one replicated row and column, ``data.resize: pad``): 33 → 17 → 9, every grid
+# centred, every layer exactly equivariant. Parameter counts do not depend on the input size.
+_CW_CIFAR = (
+    "Cohen & Welling, Group Equivariant Convolutional Networks, ICML 2016, §8.2 "
+    "(tscohen/gconv_experiments, gconv_experiments/CIFAR10/models/*.py)"
+)
+
+
+def _allcnnc(width1: int, width2: int) -> Callable[[int, int], list[Any]]:
+    """All-CNN-C (Springenberg et al. 2015) as in gconv_experiments ``CIFAR10/models/{,P4,P4M}AllCNNC.py``:
+    dropout 0.2 on the input; 3×3 convs (padding 1, bias) of ``width1``, ``width1``, ``width1`` (stride 2),
+    dropout 0.5, ``width2`` ×2, ``width2`` (stride 2), dropout 0.5, ``width2`` (3×3), ``width2`` (1×1),
+    10 (1×1), each followed by batch norm and ReLU (the last too, as in the source); mean over
+    the group and space (the source's ``sum / (8·8·|G|)``)."""
+
+    def layers(image_size: int, in_channels: int) -> list[Any]:
+        def cbr(kind: str, out: int | str, kernel: int = 3, stride: int = 1) -> list[Any]:
+            padding = (kernel - 1) // 2
+            return [
+                {"type": kind, "out": out, "kernel": kernel, "stride": stride, "padding": padding},
+                "batchnorm",
+                "relu",
+            ]
+
+        return [
+            {"type": "dropout", "p": 0.2},
+            *cbr("lift", width1),
+            *cbr("gconv", width1),
+            *cbr("gconv", width1, stride=2),
+            {"type": "dropout", "p": 0.5},
+            *cbr("gconv", width2),
+            *cbr("gconv", width2),
+            *cbr("gconv", width2, stride=2),
+            {"type": "dropout", "p": 0.5},
+            *cbr("gconv", width2),
+            *cbr("gconv", width2, kernel=1),
+            *cbr("gconv", "classes", kernel=1),
+            {"type": "group_pool", "mode": "mean"},
+            {"type": "global_pool", "mode": "avg"},
+        ]
+
+    return layers
+
+
+def _resnet(blocks: int, widths: tuple[int, int, int]) -> Callable[[int, int], list[Any]]:
+    """The pre-activation ResNet of gconv_experiments ``CIFAR10/models/{,P4M}ResNet.py`` with
+    ``6·blocks + 2`` layers (ResNet44: ``blocks=7``): a 3×3 lift of ``widths[0]``, three stages of
+    ``blocks`` residual blocks (``residual_block_2d.py``: batch norm, ReLU, 3×3 conv, batch norm, ReLU,
+    3×3 conv, plus the input; no activation after the sum), the first block of stages 2 and 3
+    with stride 2 and a 1×1 projection shortcut (``fiber_map='linear'``: a convolution, no batch
+    norm); then batch norm, ReLU, mean over the group and space, and a linear layer."""
+
+    def layers(image_size: int, in_channels: int) -> list[Any]:
+        out: list[Any] = [{"type": "lift", "out": widths[0], "kernel": 3, "padding": 1}]
+        for stage, width in enumerate(widths):
+            for i in range(blocks):
+                stride = 2 if stage > 0 and i == 0 else 1
+                body = [
+                    "batchnorm",
+                    "relu",
+                    {"type": "gconv", "out": width, "kernel": 3, "stride": stride, "padding": 1},
+                    "batchnorm",
+                    "relu",
+                    {"type": "gconv", "out": width, "kernel": 3, "padding": 1},
+                ]
+                shortcut = "projection" if stride > 1 else "identity"
+                out.append(
+                    {"type": "residual", "layers": body, "shortcut": shortcut, "shortcut_norm": False, "act": "none"}
+                )
+        return out + [
+            "batchnorm",
+            "relu",
+            {"type": "group_pool", "mode": "mean"},
+            {"type": "global_pool", "mode": "avg"},
+            {"type": "linear", "out": "classes"},
+        ]
+
+    return layers
+
+
+def _p4cnn_rotation_pooling(image_size: int, in_channels: int) -> list[Any]:
+    """Cohen & Welling's P4CNNRotationPooling (gconv_experiments ``MNIST_ROT/models/P4CNN_RP.py``): the
+    Z2CNN where every layer is a p4 lifting convolution of 20 fields (3×3, no padding, bias) + batch
+    norm + ReLU followed by a max over the rotations, so each layer sees a plain image; 2×2 max pool
+    after layer 2; a last lift covering the remaining map (4×4 on 28×28) with one field per class;
+    max over rotations and space. No dropout (commented out in the source)."""
+
+    def layer() -> list[Any]:
+        return [
+            {"type": "lift", "out": 20, "kernel": 3, "padding": 0},
+            "batchnorm",
+            "relu",
+            {"type": "group_pool", "mode": "max"},
+        ]
+
+    size = image_size - 4
+    out = layer() + layer() + [_pool(size)]
+    for _ in range(4):
+        out += layer()
+    top = max(1, _after_pool(size) - 8)
+    return out + [
+        {"type": "lift", "out": "classes", "kernel": top, "padding": 0},
+        {"type": "group_pool", "mode": "max"},
+        {"type": "global_pool", "mode": "max"},
+    ]
+
+
+#: Published parameter counts (the CIFAR-10 table of the paper and the gconv_experiments README; millions, 2 decimals).
+CIFAR_PUBLISHED_PARAMS_M = {
+    "allcnnc-z2": 1.37,
+    "allcnnc-p4": 1.37,
+    "allcnnc-p4m": 1.22,
+    "resnet44-z2": 2.64,
+    "resnet44-p4m": 2.62,
+}
+
+register_preset(
+    Preset(
+        "allcnnc-z2",
+        "All-CNN-C on Z2 (a CNN): 3×3 convs of 96-96-96(stride 2)-192-192-192(stride 2)-192, 1×1 convs of 192 "
+        "and 10, batch norm + ReLU after each, dropout 0.2/0.5/0.5, global mean; widths as in AllCNNC.py. "
+        "1,372,254 parameters here (published 1.37M)",
+        _allcnnc(96, 192),
+        widths="fields",
+        group="C1",
+        image_size=33,
+        reference=_CW_CIFAR,
+    )
+)
+register_preset(
+    Preset(
+        "allcnnc-p4",
+        "All-CNN-C on p4 (C4): All-CNN-C with 48 and 96 fields (P4AllCNNC.py: the Z2 widths / √4, the same "
+        "parameter budget), max-free: mean over rotations and space. 1,371,006 parameters here (published 1.37M)",
+        _allcnnc(48, 96),
+        widths="fields",
+        group="C4",
+        image_size=33,
+        reference=_CW_CIFAR,
+    )
+)
+register_preset(
+    Preset(
+        "allcnnc-p4m",
+        "All-CNN-C on p4m (D4): All-CNN-C with 32 and 64 fields (P4MAllCNNC.py: the Z2 widths / 3, fewer "
+        "parameters than Z2), mean over the group and space. 1,219,678 parameters here (published 1.22M)",
+        _allcnnc(32, 64),
+        widths="fields",
+        group="D4",
+        image_size=33,
+        reference=_CW_CIFAR,
+    )
+)
+register_preset(
+    Preset(
+        "resnet44-z2",
+        "ResNet44 on Z2 (a CNN): 3×3 lift + 3 stages of 7 pre-activation residual blocks of 32-64-128 channels "
+        "(gconv_experiments README), stride-2 first blocks with 1×1 projections, batch norm, ReLU, global mean, "
+        "linear head. 2,639,242 parameters here (published 2.64M)",
+        _resnet(7, (32, 64, 128)),
+        widths="fields",
+        group="C1",
+        image_size=33,
+        reference=_CW_CIFAR,
+    )
+)
+register_preset(
+    Preset(
+        "resnet44-p4m",
+        "ResNet44 on p4m (D4): resnet44-z2 with 11-23-45 fields per stage (gconv_experiments README: the Z2 "
+        "widths / √8), mean over the group and space before the linear head. 2,619,660 parameters here "
+        "(published 2.62M)",
+        _resnet(7, (11, 23, 45)),
+        widths="fields",
+        group="D4",
+        image_size=33,
+        reference=_CW_CIFAR,
+    )
+)
+register_preset(
+    Preset(
+        "p4cnn-rotpool",
+        "Cohen & Welling P4CNNRotationPooling: the Z2CNN with a p4 lifting convolution of 20 fields + batch norm + "
+        "ReLU + max over rotations at every layer (P4CNN_RP.py), 2×2 max pool after layer 2, a last 4×4 lift with "
+        "one field per class, max over rotations and space; published 3.21% test error on rotated MNIST",
+        _p4cnn_rotation_pooling,
+        widths="fields",
+        group="C4",
+        image_size=28,
+        reference=_CW,
+    )
+)

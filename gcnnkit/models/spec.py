@@ -24,6 +24,15 @@ Besides these, ``layernorm`` (per-sample normalisation with a per-field affine m
 vector that keeps the spatial layout) and ``lift``/``gconv`` with ``out: classes`` (one field per
 class) serve the published networks of :mod:`gcnnkit.models.presets`.
 
+A ``residual`` block has a layer list of its own (its body) and computes ``act(body(x) + shortcut(x))``::
+
+      - {type: residual, shortcut: projection, layers: [{type: gconv, out: 32, stride: 2}, batchnorm, relu,
+                                                       {type: gconv, out: 32}, batchnorm]}
+
+``shortcut: identity`` (default) needs a body that keeps the field type and map size;
+``projection`` is a 1×1 convolution without bias, strided like the body, then batch norm
+(``shortcut_norm: false``: none). ``act`` (default ``relu``, or ``none``) follows the sum.
+
 The same spec builds on any backend and any group; on the trivial group ``C1`` it is a plain
 CNN. :func:`parse_layers` validates a spec and returns :class:`LayerSpec` objects with every
 default filled in, so the resolved spec written next to a run says exactly what was built.
@@ -73,6 +82,13 @@ LAYER_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "norm_act": {"fn": ((str,), "relu"), "bias": ((bool,), True)},
     "gated": {},
     "restrict": {"subgroup": ((str, int, list), REQUIRED)},
+    # residual blocks (gcnnkit.core.residual)
+    "residual": {
+        "layers": ((list, tuple), REQUIRED),
+        "shortcut": ((str,), "identity"),
+        "shortcut_norm": ((bool,), True),
+        "act": ((str,), "relu"),
+    },
 }
 
 #: allowed values of string-valued params
@@ -83,6 +99,8 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("global_pool", "mode"): ("max", "avg"),
     ("orbit_pool", "mode"): ("mean", "max"),
     ("norm_act", "fn"): ("relu", "sigmoid", "softplus", "squash"),
+    ("residual", "shortcut"): ("identity", "projection"),
+    ("residual", "act"): ("none", *ACTIVATIONS),
 }
 
 LAYER_TYPES: tuple[str, ...] = tuple(LAYER_PARAMS) + tuple(ACTIVATIONS)
@@ -109,8 +127,9 @@ def _type_name(types: tuple[type, ...]) -> str:
         type(None): "null",
         dict: "mapping",
         list: "list",
+        tuple: "list",
     }
-    return " or ".join(names.get(t, t.__name__) for t in types)
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
 def parse_layer(entry: Any, where: str) -> LayerSpec:
@@ -150,6 +169,8 @@ def parse_layer(entry: Any, where: str) -> LayerSpec:
             raise SpecError(f"{where}.{name}: expected {_type_name(types)}, got {value!r}")
         params[name] = value
     _check_values(layer_type, params, where)
+    if layer_type == "residual":  # the body is a spec of its own, stored resolved (YAML-able)
+        params["layers"] = [spec.to_dict() for spec in parse_layers(params["layers"], f"{where}.layers")]
     return LayerSpec(layer_type, params)
 
 

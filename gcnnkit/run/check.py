@@ -28,8 +28,10 @@ class EquivarianceReport:
     image_shape: tuple[int, int, int]
     tolerance: float
     results: list[EquivarianceResult]
-    elements: str = "all"
-    num_parameters: int = 0  # "all", or "exact": only the elements that permute pixels
+    elements: str = "all"  # "all", or "exact": only the elements that permute pixels
+    num_parameters: int = 0
+    continuous_group: bool = False
+    element_names: tuple[str, ...] = ()  # the group's elements, in its order
 
     @property
     def worst(self) -> EquivarianceResult:
@@ -56,6 +58,18 @@ class EquivarianceReport:
         """
         return all(r.max_exact_error <= self.tolerance for r in self.results)
 
+    @property
+    def continuous(self) -> bool:
+        """True for a continuous group (SO(2), O(2)): its elements are sampled rotations."""
+        return self.continuous_group
+
+    def per_angle(self) -> dict[str, float]:
+        """End-to-end relative error at each element checked (for SO(2)/O(2): each sampled angle), in the
+        group's element order."""
+        errors = self.results[-1].errors if self.results else {}
+        order = [g for g in self.element_names if g in errors] + [g for g in errors if g not in self.element_names]
+        return {g: errors[g] for g in order}
+
     def to_dict(self) -> dict[str, Any]:
         worst = self.worst
         exact_errors = {g: e for g, e in worst.errors.items() if worst.exact.get(g, True)}
@@ -71,6 +85,8 @@ class EquivarianceReport:
             "max_interpolated_rel_error": self.max_interpolated_error,
             "worst_layer": worst.name,
             "worst_element": max(exact_errors, key=exact_errors.get) if exact_errors else None,
+            "continuous": self.continuous_group,
+            "per_angle": self.per_angle() if self.continuous_group else None,
             "layers": [r.to_dict() for r in self.results],
         }
 
@@ -85,7 +101,10 @@ def check_equivariance(
 ) -> EquivarianceReport:
     """Build ``config``'s model (random init from ``seed``, default the config's; eval mode, CPU,
     float32) for its data's input shape and measure ``max|f(g·x) − g·f(x)| / max|f(x)|`` per layer
-    and end to end. Exact elements (multiples of 90°, reflections) are checked on white noise and
+    and end to end (and each part of a residual block, named ``"<block>/<part>"``). For a continuous
+    group (SO(2), O(2)) the elements are its sampled rotations (:mod:`gcnnkit_rotations.continuous`),
+    and :meth:`EquivarianceReport.per_angle` gives the end-to-end error at each angle. Exact elements
+    (multiples of 90°, reflections) are checked on white noise and
     judged against ``tolerance``; with ``elements="all"`` interpolated elements (e.g. 45° in C8),
     which are only approximately equivariant on a pixel grid, are also measured, on smooth images
     (:func:`gcnnkit.core.equivariance.smooth_images`), and reported but not judged. No data is loaded.
@@ -101,9 +120,11 @@ def check_equivariance(
     group = model.group
     exact = [g for g in range(group.order) if group.is_exact(g)]
     interpolated = [g for g in range(group.order) if not group.is_exact(g)]
-    results = check_network(model, info.image_shape, batch=batch, seed=seed, elements=exact)
+    results = check_network(model, info.image_shape, batch=batch, seed=seed, elements=exact, inner=True)
     if elements == "all" and interpolated:
-        smooth = check_network(model, info.image_shape, batch=batch, seed=seed, elements=interpolated, smooth=True)
+        smooth = check_network(
+            model, info.image_shape, batch=batch, seed=seed, elements=interpolated, smooth=True, inner=True
+        )
         results = [a.merge(b) for a, b in zip(results, smooth, strict=True)]
     return EquivarianceReport(
         group.name,
@@ -113,4 +134,6 @@ def check_equivariance(
         results,
         elements,
         model.num_parameters(),
+        bool(getattr(group, "continuous", False)),
+        group.element_names,
     )

@@ -34,7 +34,14 @@ import yaml
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.models.presets import get_preset
 from gcnnkit.models.spec import parse_layers
-from gcnnkit.run.data import AUGMENTATIONS, PROTOCOLS, RESIZE_MODES, canonical_name, native_image_size
+from gcnnkit.run.data import (
+    AUGMENTATIONS,
+    IN_MEMORY_CHOICES,
+    PROTOCOLS,
+    RESIZE_MODES,
+    canonical_name,
+    native_image_size,
+)
 from gcnnkit.run.precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -96,8 +103,25 @@ class DataConfig:
     #: false: no per-channel standardisation (the network sees [0, 1] pixels)
     normalise: bool = option(True, "bool")
     resize: str = option("bilinear", "str", choices=RESIZE_MODES)
-    #: fraction of the training set carved off (seeded, stratified) as a validation set; 0: none
+    #: strength of random brightness/contrast/saturation on RGB images (0: none), see augment.colour_jitter
+    colour_jitter: float = option(0.0, "float", ge=0, le=1)
+    #: fraction of the training set held out for validation (``Dataset.val``); 0: the source's own or none
     val_split: float = option(0.0, "float", ge=0, lt=1)
+    #: folder/csv without their own test part: this fraction of the images, per class, is the test set
+    test_split: float = option(0.2, "float", gt=0, lt=1)
+    #: 1 or 3: convert every image to grey or RGB on load; null: the images' own (all must agree)
+    channels: int | None = option(None, "int", nullable=True, ge=1, le=3)
+    #: auto: in memory when the decoded set fits memory_budget_gb, else streamed from disk
+    in_memory: str = option("auto", "auto_bool", choices=IN_MEMORY_CHOICES)
+    memory_budget_gb: float = option(1.0, "float", gt=0)
+    #: DataLoader worker processes when streaming (0: read in the training process)
+    num_workers: int = option(2, "int", ge=0)
+    #: true: leave out unreadable image files, listed in the run directory's skipped_files.txt
+    skip_corrupt: bool = option(False, "bool")
+    #: data.name csv: the manifest's columns
+    path_column: str = option("path", "str")
+    label_column: str = option("label", "str")
+    split_column: str = option("split", "str")
 
 
 @dataclass
@@ -365,6 +389,7 @@ _KIND_NAMES = {
     "list": "a list",
     "str_list": "a list of strings",
     "mapping": "a mapping",
+    "auto_bool": "auto, true or false",
 }
 
 
@@ -392,6 +417,10 @@ def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> Any:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     elif kind == "bool":
         if not isinstance(value, bool):
+            raise ConfigError(f"{key}: {expected}")
+    elif kind == "auto_bool":  # YAML reads `true` as a bool: keep the three choices as strings
+        value = str(value).lower() if isinstance(value, bool) else value
+        if value not in ("auto", "true", "false"):
             raise ConfigError(f"{key}: {expected}")
     elif kind == "str":
         if not isinstance(value, str) or not value:
@@ -451,7 +480,9 @@ def _resolve(config: Config) -> None:
         )
     data = config.data
     data.name = canonical_name(data.name)
-    data.image_size = data.image_size or native_image_size(data.name)
+    data.image_size = data.image_size or native_image_size(data.name)  # None: the images' size, found at load
+    if data.channels == 2:
+        raise ConfigError("data.channels: 2 is not allowed; allowed: 1 (grey), 3 (RGB) or null (the images' own)")
 
 
 def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:

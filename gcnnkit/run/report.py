@@ -79,7 +79,7 @@ def class_report(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequenc
 
 def class_names(run: LoadedRun) -> list[str]:
     """The run's class names: saved with the run where its data set has them, else ``"0"``, ``"1"``, …"""
-    saved = getattr(run.info, "class_names", None) or run.checkpoint.get("classes")
+    saved = (run.checkpoint.get("data") or {}).get("classes")  # folder/csv sources: the folder or label names
     if saved and len(saved) == run.info.num_classes:
         return [str(name) for name in saved]
     return [str(c) for c in range(run.info.num_classes)]

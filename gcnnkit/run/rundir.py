@@ -374,7 +374,8 @@ def load_run(
         if test_size < 1:
             raise GcnnkitError(f"--test-size: expected a positive number of images, got {test_size}")
         data_cfg = dataclasses.replace(data_cfg, test_size=test_size)
-    info = dataset_info(data_cfg)
+    stored = checkpoint.get("data")  # what the run saw; file sources need not be on this machine
+    info = _stored_info(stored) if stored and not with_data else dataset_info(data_cfg)
     test = load_dataset(data_cfg, seed=config.seed).test if with_data else None
     model = build_model_from_config(config, info)
     if checkpoint.get("ema"):  # train.ema: the averaged weights are the ones evaluated
@@ -388,3 +389,7 @@ def load_run(
     mean = torch.tensor(stats.get("mean", [0.0] * info.in_channels))
     std = torch.tensor(stats.get("std", [1.0] * info.in_channels))
     return LoadedRun(run_dir, config, checkpoint, model, info, mean, std, test, name)
+
+
+def _stored_info(stored: dict[str, Any]) -> DatasetInfo:
+    return DatasetInfo(stored["name"], stored["in_channels"], stored["image_size"], stored["num_classes"])

@@ -44,7 +44,7 @@ from gcnnkit.core.errors import ConfigError, GcnnkitError
 from gcnnkit.core.registry import plugin_distributions
 from gcnnkit.run import distributed
 from gcnnkit.run.config import Config, config_differences, load_config
-from gcnnkit.run.data import Dataset, augment_batch, load_dataset
+from gcnnkit.run.data import Dataset, augment_batch, colour_jitter, load_dataset, save_data_description
 from gcnnkit.run.divergence import DivergenceGuard
 from gcnnkit.run.ema import EMA
 from gcnnkit.run.evaluation import evaluate, validate
@@ -329,6 +329,7 @@ def _train(
             lock.acquire(run_dir)
             if checkpoint is None:
                 new_run_dir(config, run_dir)  # another run may have filled it since it was chosen
+        save_data_description(data, run_dir)  # class names, statistics, the in-memory choice, skipped files
     optimizer = make_optimizer(config, model.parameters())
     steps_per_epoch = math.ceil(len(data.train) / config.train.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))
@@ -365,6 +366,9 @@ def _train(
         f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train{val_note} / "
         f"{len(data.test)} test, {where}, {precision.name} ({precision.reason}), run dir {run_dir}"
     )
+    if not data.builtin:  # the user's own images: where from, in memory or streamed, and why
+        skipped = f", {len(data.skipped)} corrupt files skipped" if data.skipped else ""
+        log(f"data: {data.source}, {data.in_memory_reason}{skipped}")
     judged = ema.module if ema is not None else model  # the weights evaluated, selected and tested
     logs = RunLogs(run_dir, config.train.tensorboard, first_epoch) if main else None
 
@@ -537,6 +541,7 @@ def _checkpoint_state(
         "rng": rng_state(),
         "config": config.to_dict(),
         "normalisation": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+        "data": data.describe(),
     }
 
 
@@ -557,6 +562,7 @@ def _best_state(
         "precision": precision.mode,
         "config": config.to_dict(),
         "normalisation": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+        "data": data.describe(),
         "selection": {"metric": config.train.select, "value": record[config.train.select]},
     }
 
@@ -620,11 +626,13 @@ def _train_epoch(
     )
     if guard is not None:
         guard.start_epoch(epoch, math.ceil(n / batch))
+    images = data.train.batches(order, batch)  # from memory or streamed from disk: the same pixels
     for step, start in enumerate(bar, 1):
         idx = order[start : start + batch]
         part, weight = distributed.shard(len(idx), ctx)
         # augment the whole global batch, so the generator advances alike everywhere; keep this process's part
-        x = augment_batch(data.train.images[idx], config.data.augment, gen, config.data.augment_degrees)
+        x = colour_jitter(next(images), config.data.colour_jitter, gen)
+        x = augment_batch(x, config.data.augment, gen, config.data.augment_degrees)
         x = data.normalise(x[part])
         y = data.train.labels[idx][part]
         with guard.optimizer_step(step) if guard is not None else nullcontext():

@@ -37,6 +37,10 @@ check               promise
 ``errors``          an unknown activation or pooling mode is refused in one line naming it
 ==================  ===========================================================================
 
+The layers also include three residual blocks (:class:`ResidualCase`: identity and projection
+shortcuts, strided, from image and group maps) composed of the backend's own factories, so that
+every check above also holds for :class:`~gcnnkit.core.residual.ResidualBlock` on this backend.
+
 Only exact elements (pixel permutations) are judged; for a group such as C8 the interpolated
 elements are not. ``float64_tolerance`` applies to groups whose every element is exact; the
 others are judged at ``tolerance`` in float64 too (their interpolation weights may be float32).
@@ -61,6 +65,7 @@ from gcnnkit.core.errors import PluginError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv, EquivariantLayer
+from gcnnkit.core.residual import ResidualBlock, build_projection, transfer_layer_weights
 from gcnnkit.core.transforms import transform_image
 
 #: Groups checked by default, those that are installed: the exact ones and one interpolated one.
@@ -121,6 +126,38 @@ class LayerCase:
 _CONVS = ((3, 1, 1, 1, True, 7), (3, 2, 1, 1, False, 9), (3, 1, 2, 2, True, 7), (5, 1, 0, 1, True, 9))
 
 
+@dataclass(frozen=True, eq=False)
+class ResidualCase(LayerCase):
+    """A residual block (:class:`~gcnnkit.core.residual.ResidualBlock`) composed of the backend's factories:
+    body ``lift/gconv 3×3 (stride) → batch norm → ReLU → gconv 3×3``, a ``shortcut`` (``identity``,
+    ``projection``: a 1×1 convolution, or ``projection+norm``: with batch norm), ReLU after the sum."""
+
+    shortcut: str = "identity"
+    stride: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"residual({self.in_type}, shortcut={self.shortcut!r}, stride={self.stride})"
+
+    def build(self, backend: Backend, group: Group) -> nn.Module:
+        mid = self.out_type
+        first = backend.lifting_conv if self.in_type.kind == "image" else backend.group_conv
+        body = [
+            first(group, self.in_type, mid.channels, 3, self.stride, 1, 1, False),  # a bias before batch norm
+            backend.batch_norm(group, mid),  # would get a zero gradient (noise), so none there
+            backend.activation(group, mid, "relu"),
+            backend.group_conv(group, mid, mid.channels, 3, 1, 1, 1, True),
+        ]
+        types = [(self.in_type, mid)] + [(mid, mid)] * 3
+        shortcut: list[nn.Module] = []
+        shortcut_types: list[tuple[FieldType, FieldType]] = []
+        if self.shortcut != "identity":
+            norm = self.shortcut == "projection+norm"
+            shortcut, outs = build_projection(backend, group, self.in_type, mid, self.stride, norm)
+            shortcut_types = list(zip([self.in_type, *outs[:-1]], outs, strict=True))
+        return ResidualBlock(group, body, types, shortcut, shortcut_types, backend.activation(group, mid, "relu"))
+
+
 def layer_cases() -> list[LayerCase]:
     """Every factory of the contract, with the variations a network uses (stride, padding,
     dilation, bias; image, group and vector inputs; every activation and pooling mode)."""
@@ -156,6 +193,12 @@ def layer_cases() -> list[LayerCase]:
             cases.append(LayerCase("orbit_pool", t, out, 5, 5, (("mode", mode),), (("size", 5),)))
     for bias in (True, False):
         cases.append(LayerCase("linear", vector, FieldType("vector", 5), 5, 5, (("out_features", 5), ("bias", bias))))
+    three = FieldType("group", 3)
+    cases += [
+        ResidualCase("residual", three, three, 7, 7, shortcut="identity"),
+        ResidualCase("residual", image, three, 9, 5, shortcut="projection+norm", stride=2),
+        ResidualCase("residual", group, three, 9, 5, shortcut="projection", stride=2),
+    ]
     return cases
 
 
@@ -574,6 +617,8 @@ def check_transfer(
     first does. For a group with interpolated elements the transfer format (the tied filter, i.e. the
     bank's identity slice) need not determine the bank, so the output difference is only reported."""
     layer.eval()
+    if isinstance(layer, ResidualBlock):
+        return _check_block_transfer(backend, layer, case, group, x, tolerance, seed)
     state = backend.export_weights(layer)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         _fail(f"export_weights returned a {type(state).__name__}, not a mapping of names to tensors")
@@ -606,6 +651,27 @@ def check_transfer(
                 f"import_weights(twin, export_weights(layer)) has residual {residual:.2g} but the twin computes "
                 f"something else: relative error {error:.2g}"
             )
+        results["transfer_error"] = error
+    return results
+
+
+@torch.no_grad()
+def _check_block_transfer(
+    backend: Backend, layer: ResidualBlock, case: LayerCase, group: Group, x: torch.Tensor, tolerance: float, seed: int
+) -> dict[str, float]:
+    """A residual block transfers part by part (:func:`gcnnkit.core.residual.transfer_layer_weights`,
+    what ``gcnnkit compare`` does): a second block then computes what the first does."""
+    twin = case.build(backend, group)
+    randomise(twin, seed + 1)
+    twin.eval()
+    residual = transfer_layer_weights(backend, layer, backend, twin)
+    results = {"transfer_residual": float(residual)}
+    error = relative_error(twin(x), layer(x))
+    if not group.exact:
+        results["transfer_error_interpolated"] = error
+    elif residual <= EXACT_RESIDUAL:
+        if error > tolerance:
+            _fail(f"a residual block transferred part by part computes something else: relative error {error:.2g}")
         results["transfer_error"] = error
     return results
 

@@ -46,6 +46,7 @@ from gcnnkit.core.equivariance import DEFAULT_TOLERANCE, check_network, relative
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.core.group import Group
 from gcnnkit.core.registry import get_backend, loadable_backends, require_plugins
+from gcnnkit.core.residual import transfer_layer_weights
 from gcnnkit.models.network import EquivariantNet
 from gcnnkit.run.config import Config, load_config
 from gcnnkit.run.data import dataset_info
@@ -175,13 +176,14 @@ class CompareReport:
 def transfer_weights(
     source_backend: Backend, source: EquivariantNet, target_backend: Backend, target: EquivariantNet
 ) -> list[float]:
-    """Copy every layer's weights from ``source`` into ``target`` (same spec); residual per layer."""
+    """Copy every layer's weights from ``source`` into ``target`` (same spec); residual per layer
+    (a residual block's parts one by one, its worst residual)."""
     if len(source.layers) != len(target.layers):
         raise ConfigError(
             f"the networks have {len(source.layers)} and {len(target.layers)} layers; build the same spec"
         )
     return [
-        target_backend.import_weights(dst, source_backend.export_weights(src))
+        transfer_layer_weights(source_backend, src, target_backend, dst)
         for src, dst in zip(source.layers, target.layers, strict=True)
     ]
 

@@ -24,10 +24,19 @@ from gcnnkit.core.errors import SpecError
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv
+from gcnnkit.core.steerable_layers import NORM_FUNCTIONS, gated_output_type
 from gcnnkit_escnn import transfer
 from gcnnkit_escnn.basis import BASES
 from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnPointwise
 from gcnnkit_escnn.spaces import EscnnGroupError, escnn_group
+from gcnnkit_escnn.steerable import (
+    EscnnFieldBatchNorm,
+    EscnnFieldConv,
+    EscnnGated,
+    EscnnInvariantPool,
+    EscnnNormAct,
+    EscnnRestriction,
+)
 
 _OPTIONS = {"basis": BASES}
 
@@ -81,6 +90,7 @@ class EscnnBackend(Backend):
         bias: bool = True,
     ) -> EquivariantConv:
         self.require(group)
+        _refuse_continuous(group)
         return EscnnConv(
             group, "image", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
         )
@@ -97,12 +107,70 @@ class EscnnBackend(Backend):
         bias: bool = True,
     ) -> EquivariantConv:
         self.require(group)
+        _refuse_continuous(group)
         return EscnnConv(
             group, "group", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
         )
 
+    def steerable_conv(
+        self,
+        group: Group,
+        in_type: FieldType,
+        out_type: FieldType,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+    ) -> EquivariantConv:
+        """escnn's ``R2Conv`` between any two field types (:class:`~gcnnkit_escnn.steerable.EscnnFieldConv`)."""
+        self.require(group)
+        return EscnnFieldConv(
+            group,
+            in_type.field_reps(group),
+            out_type.field_reps(group),
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            bias,
+            self.basis,
+            group_layout=out_type.kind == "group",
+        )
+
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
+        if in_type.kind == "steerable":
+            return EscnnFieldBatchNorm(group, in_type.reps)
         return EscnnBatchNorm(group, in_type.kind, in_type.channels)
+
+    def group_pool(self, group: Group, in_type: FieldType, mode: str = "max") -> nn.Module:
+        """Steerable fields: one invariant channel per field (max/mean over a permutation field, the norm of
+        any other; :class:`~gcnnkit_escnn.steerable.EscnnInvariantPool`). Group maps: the core's default."""
+        if in_type.kind == "steerable":
+            return EscnnInvariantPool(group, in_type.reps, mode)
+        return super().group_pool(group, in_type, mode)
+
+    # ------------------------------------------------------- steerable nonlinearities
+    def norm_nonlinearity(self, group: Group, in_type: FieldType, fn: str = "relu", bias: bool = True) -> nn.Module:
+        """escnn's ``NormNonLinearity`` (one learned bias per field) on any field type."""
+        if fn not in NORM_FUNCTIONS:
+            raise SpecError(f"norm nonlinearity: unknown function {fn!r}; allowed: {', '.join(NORM_FUNCTIONS)}")
+        if fn == "squash" and bias:
+            raise SpecError("norm nonlinearity: 'squash' takes no bias; set bias: false")
+        return EscnnNormAct(group, in_type.field_reps(group), fn, bias)
+
+    def gated_nonlinearity(self, group: Group, in_type: FieldType) -> nn.Module:
+        """escnn's ``GatedNonLinearity1``: the first half of the fields are the trivial gates, gate ``i`` gates
+        field ``n + i``; the gates are dropped (an all-regular output is a group map)."""
+        out_type = gated_output_type(group, in_type, "gated")
+        reps = in_type.field_reps(group)
+        n = len(reps) // 2
+        return EscnnGated(group, reps, [True] * n + [False] * n, group_layout=out_type.kind == "group")
+
+    def restrict(self, group: Group, in_type: FieldType, subgroup_id) -> nn.Module:
+        """escnn's ``RestrictionModule``: the same values, read as fields of the subgroup ``subgroup_id``."""
+        group.subgroup(subgroup_id)  # one-line error for an unknown subgroup
+        return EscnnRestriction(group, in_type.field_reps(group), subgroup_id)
 
     # ----------------------------------------------------------- pointwise layers
     def activation(self, group: Group, in_type: FieldType, name: str = "relu") -> nn.Module:
@@ -110,10 +178,13 @@ class EscnnBackend(Backend):
             raise SpecError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
         if in_type.kind == "vector":
             return super().activation(group, in_type, name)
+        if in_type.kind == "steerable":
+            _require_permutation(in_type, f"a pointwise {name}")
+            return super().activation(group, in_type, name)  # per channel: commutes with any permutation
         return EscnnPointwise(group, in_type.kind, in_type.channels, name)
 
     def dropout(self, group: Group, in_type: FieldType, p: float = 0.5) -> nn.Module:
-        if in_type.kind == "vector":
+        if in_type.kind in ("vector", "steerable"):  # identity in eval mode
             return super().dropout(group, in_type, p)
         return EscnnPointwise(group, in_type.kind, in_type.channels, "dropout", p=p)
 
@@ -127,6 +198,9 @@ class EscnnBackend(Backend):
         padding: int = 0,
     ) -> nn.Module:
         if mode != "max":  # escnn's average pooling counts zero padding; the core's does not
+            return super().spatial_pool(group, in_type, mode, kernel_size, stride, padding)
+        if in_type.kind == "steerable":
+            _require_permutation(in_type, "max pooling")
             return super().spatial_pool(group, in_type, mode, kernel_size, stride, padding)
         return EscnnPointwise(
             group,
@@ -151,3 +225,22 @@ class EscnnBackend(Backend):
 
     def __repr__(self) -> str:
         return f"EscnnBackend(basis={self.basis!r})"
+
+
+def _require_permutation(in_type: FieldType, what: str) -> None:
+    """Refuse a per-channel operation on fields whose representation is not a permutation."""
+    bad = sorted({r.name for r in in_type.reps if not r.is_permutation})
+    if bad:
+        raise SpecError(
+            f"{what} acts per channel, which breaks equivariance on {', '.join(bad)} fields of {in_type}; "
+            f"use a norm or gated nonlinearity / average pooling there, or permutation fields (trivial, regular, "
+            f"quotient)"
+        )
+
+
+def _refuse_continuous(group: Group) -> None:
+    if getattr(group, "continuous", False):
+        raise SpecError(
+            f"{group.name} is continuous and has no regular fields; give the convolution's out as representations, "
+            f"e.g. out: {{irrep(1): 8, trivial: 4}}"
+        )

@@ -30,8 +30,8 @@ from gcnnkit_escnn._compat import enn, gspaces
 
 #: escnn gspace factories a group may name, and the keyword arguments each accepts.
 GSPACES: dict[str, tuple[str, ...]] = {
-    "rot2dOnR2": ("N",),
-    "flipRot2dOnR2": ("N", "axis"),
+    "rot2dOnR2": ("N", "maximum_frequency"),
+    "flipRot2dOnR2": ("N", "axis", "maximum_frequency"),
     "flip2dOnR2": ("axis",),
     "trivialOnR2": (),
 }
@@ -109,15 +109,47 @@ def _describe(group: Group) -> tuple[str, dict[str, Any]]:
         )
     if "N" in GSPACES[name]:
         n = spec.get("N")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise EscnnGroupError(f"escnn gspace {name} needs an integer N >= 1 (a finite group), got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not (n >= 1 or n == -1):
+            raise EscnnGroupError(
+                f"escnn gspace {name} needs an integer N >= 1 (a finite group) or -1 (SO(2)/O(2)), got {n!r}"
+            )
+        freq = spec.get("maximum_frequency")
+        if n == -1 and (isinstance(freq, bool) or not isinstance(freq, int) or freq < 1):
+            raise EscnnGroupError(
+                f"escnn gspace {name} with N=-1 needs an integer maximum_frequency >= 1, got {freq!r}"
+            )
     if "axis" in spec:
         spec["axis"] = float(spec["axis"])
     return name, spec
 
 
+def _match_continuous(group: Group, gspace) -> tuple[tuple, None]:
+    """SO(2)/O(2): the escnn element of each sampled gcnnkit element (its angle, and its flip for O(2))."""
+    fiber = gspace.fibergroup
+    action = gspace.basespace_action
+    elements = []
+    # escnn's element (1, θ) acts as R(θ)·F, F = its own reflection (1, 0); gcnnkit gives the matrix m
+    flip_matrix = None if fiber.name.startswith("SO") else np.asarray(action(fiber.element((1, 0.0))), dtype=np.float64)
+    for h in range(group.order):
+        m = group.matrix(h).numpy()
+        flip = int(np.linalg.det(m) < 0)
+        if flip and flip_matrix is None:
+            raise EscnnGroupError(f"element {group.element_names[h]} is a reflection, which {fiber} does not have")
+        rotation = m @ flip_matrix.reshape(2, 2).T if flip else m
+        theta = float(np.arctan2(rotation[1, 0], rotation[0, 0])) % (2 * np.pi)
+        element = fiber.element(theta) if flip_matrix is None else fiber.element((flip, theta))
+        if np.abs(np.asarray(action(element), dtype=np.float64).reshape(2, 2) - m).max() > _MATCH_TOL:
+            raise EscnnGroupError(
+                f"element {group.element_names[h]} (matrix {m.tolist()}) acts like no element of {fiber}"
+            )
+        elements.append(element)
+    return tuple(elements), None
+
+
 def _match(group: Group, gspace) -> tuple[tuple, torch.Tensor | None]:
     fiber = gspace.fibergroup
+    if fiber.continuous:
+        return _match_continuous(group, gspace)
     escnn_elements = list(fiber.elements)
     if len(escnn_elements) != group.order:
         raise EscnnGroupError(f"escnn's {fiber} has {len(escnn_elements)} elements, {group.name} has {group.order}")

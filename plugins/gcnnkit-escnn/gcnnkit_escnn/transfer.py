@@ -17,6 +17,14 @@ backends (linear head) their own state dict.
 
 For an exact group the ``h = e`` slice determines the whole equivariant filter bank (every other
 slice is a transformed copy), so matching it matches the bank.
+
+Steerable layers (:mod:`gcnnkit_escnn.steerable`, any field types): a convolution's transfer format is
+its whole expanded filter ``weight`` ``[D_out, D_in, k, k]`` and bias ``[D_out]`` (basis-free, so any two
+bases of the same space transfer exactly; imported per pair of fields by least squares); the norm
+nonlinearity ``log_bias`` ``[fields]`` (``b = exp(log_bias)``), the gated one ``bias`` ``[gates]``, in
+field order; the field batch norm ``weight``, ``bias``, ``running_mean``, ``running_var`` ``[fields]`` in
+field order
+(:func:`~gcnnkit_escnn.steerable.field_batch_norm_state`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from gcnnkit_escnn import steerable
 from gcnnkit_escnn.layers import EscnnBatchNorm, EscnnConv, EscnnLayer, _block
 
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -38,6 +47,19 @@ def _bias_slice(layer: EscnnConv, bias: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def export_weights(layer: nn.Module) -> dict[str, torch.Tensor]:
     """The transfer-format state of ``layer`` (see the module docstring)."""
+    if isinstance(layer, steerable.EscnnFieldConv):
+        _filter, _bias = layer.expand()
+        state = {"weight": _filter.detach().clone()}
+        if _bias is not None:
+            state["bias"] = _bias.detach().clone()
+        return state
+    if isinstance(layer, steerable.EscnnNormAct):
+        bias = layer.field_bias()
+        return {} if bias is None else {"log_bias": torch.log(bias).clone()}
+    if isinstance(layer, steerable.EscnnGated):
+        return {"bias": layer.field_bias().clone()}
+    if isinstance(layer, steerable.EscnnFieldBatchNorm):
+        return steerable.field_batch_norm_state(layer)
     if isinstance(layer, EscnnConv):
         _filter, _bias = layer.expand()
         n, k = layer.group.order, layer.kernel_size
@@ -71,6 +93,18 @@ def _slice_basis(layer: EscnnConv) -> torch.Tensor:
 @torch.no_grad()
 def import_weights(layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
     """Load transfer-format ``state`` into ``layer``; the relative residual of the projection (0 if exact)."""
+    if isinstance(layer, steerable.EscnnFieldConv):
+        return steerable.load_field_conv_state(layer, state)
+    if isinstance(layer, steerable.EscnnNormAct):
+        if "log_bias" in state:
+            layer.set_field_bias(torch.exp(state["log_bias"].to(torch.float64)))
+        return 0.0
+    if isinstance(layer, steerable.EscnnGated):
+        layer.set_field_bias(state["bias"])
+        return 0.0
+    if isinstance(layer, steerable.EscnnFieldBatchNorm):
+        steerable.load_field_batch_norm_state(layer, state)
+        return 0.0
     if isinstance(layer, EscnnConv):
         conv = layer.conv
         target = state["weight"].to(torch.float64).reshape(layer.out_fields * layer.in_channels, -1)  # [pairs, in·k²]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
 from torch import nn
 
 from gcnnkit.core.backend import BACKEND_API_VERSION, Backend
 from gcnnkit.core.fields import FieldType
 from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv
+from gcnnkit_native import transfer
 from gcnnkit_native.layers import FieldBatchNorm, GroupConv, LiftingConv
 from gcnnkit_native.steerable import SteerableConv
 
@@ -78,3 +82,21 @@ class NativeBackend(Backend):
         if in_type.kind == "steerable":
             return super().batch_norm(group, in_type)  # per field, norm-based on non-permutation fields
         return nn.BatchNorm2d(in_type.channels)
+
+    # --------------------------------------------------------- weight transfer
+    def export_weights(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        """The state dict, except for steerable convolutions: their whole filter and bias
+        (:mod:`gcnnkit_native.transfer`)."""
+        if isinstance(layer, SteerableConv):
+            return transfer.export_steerable(layer)
+        return super().export_weights(layer)
+
+    def import_weights(self, layer: nn.Module, state: Mapping[str, torch.Tensor]) -> float:
+        if isinstance(layer, SteerableConv):
+            return transfer.import_steerable(layer, state)
+        return super().import_weights(layer, state)
+
+    @property
+    def stores_transfer_format(self) -> bool:
+        """True: every layer but the steerable convolutions stores its weights in the transfer format."""
+        return True

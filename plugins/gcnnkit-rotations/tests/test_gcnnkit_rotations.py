@@ -67,3 +67,31 @@ def test_convolutions_on_the_groups_are_equivariant_at_the_exact_elements(factor
     x = torch.randn(2, 1, 11, 11, dtype=torch.float64)
     exact = [g for g in range(group.order) if group.is_exact(g)]
     assert_equivariant(net, group, image, fields, x, tolerance=TOLERANCE[backend], elements=exact)
+
+
+# ----------------------------------------------------------------------------- continuous groups (0.2)
+@pytest.mark.parametrize(("name", "irreps"), [("SO2", 5), ("O2", 6), ("SO2_2", 3), ("O2_1", 3)])
+def test_continuous_groups_offer_band_limited_irreps(name, irreps):
+    from gcnnkit.core.registry import get_group
+    from gcnnkit.core.representation import RepresentationError
+
+    group = get_group(name)
+    assert group.continuous and group.name == name
+    assert_group_axioms(group)  # the sampled rotations (and mirrors) are a finite subgroup
+    assert group.order == (16 if name.startswith("SO2") else 32)
+    assert len(group.irreps()) == irreps
+    for rep in group.irreps():
+        assert rep.is_homomorphism(atol=1e-12)
+        assert torch.allclose(rep.matrices @ rep.matrices.transpose(1, 2), torch.eye(rep.size, dtype=torch.float64))
+    with pytest.raises(RepresentationError, match="no regular representation"):
+        group.regular()
+    assert [r.kind for r in group.all_representations()].count("regular") == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_continuous_families_refuse_a_bad_band_limit(bad):
+    from gcnnkit_rotations.continuous import o2, so2
+
+    for factory in (so2, o2):
+        with pytest.raises(ValueError, match="band limit"):
+            factory(bad)

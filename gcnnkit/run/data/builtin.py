@@ -1,14 +1,4 @@
-"""Data sets held in memory, train-time augmentation and test-time protocols.
-
-Every data set is loaded once into float tensors ``[N, C, H, W]`` in ``[0, 1]`` with int64
-labels ``[N]``, so batches are plain index lookups (no ``DataLoader`` workers). Images stay in
-``[0, 1]`` — rotations fill in zeros, which is the background — and are normalised per channel
-with the training set's mean and std only after augmentation (:meth:`Dataset.normalise`), unless
-``data.normalise`` is false (then mean 0 and std 1: the network sees ``[0, 1]`` pixels). Images of
-another size than ``data.image_size`` are resized (``data.resize: bilinear``) or edge-padded
-(``data.resize: pad``).
-
-Data sets:
+"""The built-in data sets, loaded whole into memory.
 
 * ``digits`` — scikit-learn's 8×8 handwritten digits (values 0..16, no download), scaled to
   ``[0, 1]``, resized to ``image_size - 4`` (default 17, odd so rotations have a centre pixel)
@@ -24,56 +14,30 @@ Data sets:
   they are read; otherwise the set is reconstructed from MNIST under ``data.root`` with a fixed
   seed (:func:`reconstruct_rotmnist`: which images, which angles, which interpolation).
 
-Test protocols (:data:`PROTOCOLS`): ``upright``; ``rotated`` (sample ``i`` turned by angle
-``i`` of :func:`~gcnnkit.core.transforms.random_angles` ``(N, rotation_seed)`` — the same angles every
-run); ``rot90``/``rot180``/``rot270`` (exact); ``flip`` (left–right).
+Images of another size than ``data.image_size`` are resized (``data.resize: bilinear``) or
+edge-padded (``data.resize: pad``). Their normalisation statistics come from the whole training set.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from gcnnkit.core.errors import DataError
-from gcnnkit.core.transforms import random_angles, rotate_images
+from gcnnkit.core.transforms import rotate_images
+from gcnnkit.run.data.settings import DataSettings
+from gcnnkit.run.data.splits import DatasetInfo, SourceSplits, Split, subset_indices
 
-__all__ = [
-    "AUGMENTATIONS",
-    "PROTOCOLS",
-    "RESIZE_MODES",
-    "DatasetInfo",
-    "Split",
-    "Dataset",
-    "dataset_names",
-    "canonical_name",
-    "native_image_size",
-    "dataset_info",
-    "load_dataset",
-    "augment_batch",
-    "apply_protocol",
-    "protocol_batches",
-    "ROTMNIST_SEED",
-    "reconstruct_rotmnist",
-    "read_amat",
-    "rotmnist_amat_files",
-]
-
-#: Train-time augmentations (``data.augment``), see :func:`augment_batch`.
-AUGMENTATIONS = ("none", "rot90", "rotate", "flip")
-#: Test-time protocols (``eval.protocols``), see :func:`apply_protocol`.
-PROTOCOLS = ("upright", "rotated", "rot90", "rot180", "rot270", "flip")
 #: How images of another size reach ``data.image_size`` (``data.resize``), see :func:`_resize`.
 RESIZE_MODES = ("bilinear", "pad")
 
 DIGITS_IMAGE_SIZE = 17
 _DIGITS_PAD = 2
 _DIGITS_SPLIT_SEED = 0  # fixed, so every run tests on the same 360 digits
-_TEST_SUBSET_SEED = 0  # fixed, so test_size subsets match across run seeds
+TEST_SUBSET_SEED = 0  # fixed, so test_size subsets match across run seeds
 
 
 @dataclass(frozen=True)
@@ -109,121 +73,20 @@ ROTMNIST_AMAT = {
 }
 
 
-class DataSettings(Protocol):
-    """What loading reads from a config's ``data`` section (:class:`gcnnkit.run.config.DataConfig`)."""
-
-    name: str
-    root: str
-    download: bool
-    image_size: int | None
-    train_size: int | None
-    test_size: int | None
-    normalise: bool
-    resize: str
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Shapes of a configured data set: images ``[in_channels, image_size, image_size]``."""
-
-    name: str
-    in_channels: int
-    image_size: int
-    num_classes: int
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.image_size, self.image_size)
-
-
-@dataclass
-class Split:
-    """``images`` ``[N, C, H, W]`` float in ``[0, 1]`` and ``labels`` ``[N]`` int64."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def subset(self, n: int | None, seed: int, key: str) -> Split:
-        """``n`` samples drawn without replacement (deterministic from ``seed``); all when ``n`` is None."""
-        idx = subset_indices(len(self), n, seed, key)
-        return self if idx is None else Split(self.images[idx], self.labels[idx])
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
-
-
-def subset_indices(length: int, n: int | None, seed: int, key: str) -> torch.Tensor | None:
-    """Sorted indices of ``n`` of ``length`` samples drawn without replacement (deterministic from
-    ``seed``); ``None`` for all of them (``n`` None or ``length``). ``key`` names ``n`` in the error
-    when there are fewer than ``n``. What :meth:`Split.subset` keeps, known before the samples are."""
-    if n is None or n == length:
-        return None
-    if n > length:
-        raise DataError(f"{key}: {n} is more than the {length} images available; give at most {length}")
-    return torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-
-
-@dataclass
-class Dataset:
-    """A loaded data set: train and test splits and the training set's per-channel statistics."""
-
-    info: DatasetInfo
-    train: Split
-    test: Split
-    mean: torch.Tensor  # [C]
-    std: torch.Tensor  # [C]
-    #: where the images came from, e.g. "torchvision MNIST" or "reconstructed from MNIST (seed 2007)"
-    source: str = ""
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` → ``(x − mean) / std`` per channel."""
-        return normalise(x, self.mean, self.std)
-
-    def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(
-            self.info,
-            self.train.to(device),
-            self.test.to(device),
-            self.mean.to(device),
-            self.std.to(device),
-            self.source,
-        )
-
-
-def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` → ``(x − mean[c]) / std[c]`` (``mean``, ``std``: ``[C]``)."""
-    return (x - mean.view(1, -1, 1, 1).to(x)) / std.view(1, -1, 1, 1).to(x)
-
-
 # ----------------------------------------------------------------------- names and shapes
-def dataset_names() -> list[str]:
-    """Every name ``data.name`` accepts (matching is case-insensitive)."""
-    return ["digits", *TORCHVISION_SETS, ROTMNIST]
-
-
-def canonical_name(name: str) -> str:
-    """``"mnist"`` → ``"MNIST"``; :class:`DataError` listing the supported names otherwise."""
-    for known in dataset_names():
-        if known.lower() == name.lower():
-            return known
-    raise DataError(f"data.name: {name!r} is not a supported data set; allowed: {', '.join(dataset_names())}")
+BUILTIN_NAMES = ("digits", *TORCHVISION_SETS, ROTMNIST)
 
 
 def native_image_size(name: str) -> int:
-    """Default ``image_size`` of a data set: 17 for digits, 28 for rotmnist, the stored size for torchvision sets."""
-    name = canonical_name(name)
+    """Default ``image_size`` of a built-in set: 17 for digits, 28 for rotmnist, else the stored size."""
     if name == ROTMNIST:
         return 28
     return DIGITS_IMAGE_SIZE if name == "digits" else TORCHVISION_SETS[name].size
 
 
-def dataset_info(cfg: DataSettings) -> DatasetInfo:
-    """Input channels, image size and class count of ``cfg`` without loading any data."""
-    name = canonical_name(cfg.name)
-    size = cfg.image_size or native_image_size(name)
+def builtin_info(name: str, image_size: int | None) -> DatasetInfo:
+    """Input channels, image size and class count of a built-in set without loading any data."""
+    size = image_size or native_image_size(name)
     if name in ("digits", ROTMNIST):
         return DatasetInfo(name, 1, size, 10)
     meta = TORCHVISION_SETS[name]
@@ -231,18 +94,12 @@ def dataset_info(cfg: DataSettings) -> DatasetInfo:
 
 
 # ---------------------------------------------------------------------------- loading
-def load_dataset(cfg: DataSettings, seed: int = 0) -> Dataset:
-    """Load ``cfg``'s data set into memory (CPU).
+def load_builtin(cfg: DataSettings, info: DatasetInfo, seed: int) -> SourceSplits:
+    """A built-in set in memory (CPU), subsets taken and resized to ``info.image_size``.
 
-    Args:
-        cfg: the ``data`` section of a config.
-        seed: the run seed; it picks the ``train_size`` subset (the ``test_size`` subset and
-            the digits split are fixed, so test sets are comparable across runs).
-
-    Raises:
-        DataError: unknown name, files missing with ``download: false``, a failed download.
+    ``seed`` (the run seed) picks the ``train_size`` subset; the ``test_size`` subset and the
+    digits split are fixed, so test sets are comparable across runs.
     """
-    info = dataset_info(cfg)
     if info.name == "digits":
         train, test = _load_digits(info.image_size)
         source = "scikit-learn digits"
@@ -252,13 +109,8 @@ def load_dataset(cfg: DataSettings, seed: int = 0) -> Dataset:
         train, test = (_load_torchvision(info, cfg, is_train) for is_train in (True, False))
         source = f"torchvision {info.name}"
     train = _resize(train.subset(cfg.train_size, seed, "data.train_size"), info.image_size, cfg.resize)
-    test = _resize(test.subset(cfg.test_size, _TEST_SUBSET_SEED, "data.test_size"), info.image_size, cfg.resize)
-    if cfg.normalise:
-        mean = train.images.mean(dim=(0, 2, 3))
-        std = train.images.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    else:  # the network sees the [0, 1] pixels as they are
-        mean, std = torch.zeros(info.in_channels), torch.ones(info.in_channels)
-    return Dataset(info, train, test, mean, std, source)
+    test = _resize(test.subset(cfg.test_size, TEST_SUBSET_SEED, "data.test_size"), info.image_size, cfg.resize)
+    return SourceSplits(train, test, classes=[str(k) for k in range(info.num_classes)], source=source, subset=True)
 
 
 def _load_digits(image_size: int) -> tuple[Split, Split]:
@@ -396,7 +248,7 @@ def _load_rotmnist(cfg: DataSettings, seed: int) -> tuple[Split, Split, str]:
         ) from None
     keep = (
         subset_indices(ROTMNIST_TRAIN, cfg.train_size, seed, "data.train_size"),
-        subset_indices(ROTMNIST_TEST, cfg.test_size, _TEST_SUBSET_SEED, "data.test_size"),
+        subset_indices(ROTMNIST_TEST, cfg.test_size, TEST_SUBSET_SEED, "data.test_size"),
     )
     train, test = reconstruct_rotmnist(train, test, keep=keep)
     return train, test, f"reconstructed from MNIST (seed {ROTMNIST_SEED})"
@@ -440,61 +292,3 @@ def _as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
     if labels.ndim == 2:  # QMNIST keeps extra columns; the class is the first
         labels = labels[:, 0]
     return images, labels
-
-
-# -------------------------------------------------------------------------- transforms
-def augment_batch(
-    x: torch.Tensor, mode: str, generator: torch.Generator, max_degrees: float | None = None
-) -> torch.Tensor:
-    """Random train-time transform of each image of ``x`` ``[B, C, H, W]``.
-
-    ``none``: unchanged; ``rot90``: a random multiple of 90°; ``rotate``: a random angle in
-    [0°, 360°) (bilinear, zeros outside), or uniform in [−``max_degrees``, ``max_degrees``] when
-    that is given (``data.augment_degrees``); ``flip``: a random left–right flip, then a random
-    multiple of 90° (a random element of D4). Randomness comes only from ``generator`` (CPU).
-    """
-    if mode == "none":
-        return x
-    b = x.shape[0]
-    if mode == "rotate":
-        u = torch.rand(b, generator=generator, dtype=torch.float64)
-        return rotate_images(x, u * 360.0 if max_degrees is None else (2.0 * u - 1.0) * max_degrees)
-    if mode not in ("rot90", "flip"):
-        raise ValueError(f"unknown augmentation {mode!r}; allowed: {', '.join(AUGMENTATIONS)}")
-    quarter_turns = torch.randint(0, 4, (b,), generator=generator)
-    if mode == "flip":
-        flips = torch.rand(b, generator=generator) < 0.5
-        x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
-    return rotate_images(x, quarter_turns.double() * 90.0)
-
-
-def apply_protocol(x: torch.Tensor, protocol: str, angles: torch.Tensor | None = None) -> torch.Tensor:
-    """Transform test images ``[B, C, H, W]`` by a protocol; ``rotated`` needs ``angles`` ``[B]`` (degrees)."""
-    if protocol == "upright":
-        return x
-    if protocol == "flip":
-        return x.flip(-1)
-    if protocol in ("rot90", "rot180", "rot270"):
-        return torch.rot90(x, int(protocol[3:]) // 90, dims=(-2, -1))
-    if protocol == "rotated":
-        if angles is None:
-            raise ValueError("the 'rotated' protocol needs one angle per image")
-        return rotate_images(x, angles)
-    raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
-
-
-def protocol_batches(
-    split: Split, protocol: str, rotation_seed: int, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches ``(images [b, C, H, W], labels [b])`` of ``split`` under ``protocol``, in order.
-
-    Under ``rotated``, sample ``i`` is turned by ``random_angles(len(split), rotation_seed)[i]``
-    whatever the batch size, so every run and every batching sees the same test set.
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
-    angles = random_angles(len(split), rotation_seed) if protocol == "rotated" else None
-    for start in range(0, len(split), batch_size):
-        stop = start + batch_size
-        x = split.images[start:stop]
-        yield apply_protocol(x, protocol, None if angles is None else angles[start:stop]), split.labels[start:stop]
