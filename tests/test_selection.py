@@ -514,3 +514,35 @@ def test_export_takes_the_selected_weights(val_run, tmp_path):
     x = torch.rand(4, 1, 17, 17)
     with torch.no_grad():
         assert torch.allclose(plain(x), run.model(x), atol=1e-5)
+
+
+def test_a_two_class_folder_gets_roc_auc_and_its_class_names(tmp_path):
+    """A binary folder data set (0s and 1s of the digits as PNGs): the report names the classes by
+    their folders and gives the ROC AUC; the run selects on its validation split."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path / "folder"
+    for label, name in ((0, "zero"), (1, "one")):
+        (root / name).mkdir(parents=True)
+        for i, image in enumerate(digits.images[digits.target == label][:60]):
+            pixels = np.kron((image * 255 / 16).astype(np.uint8), np.ones((2, 2), np.uint8))  # 16×16
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    config = {
+        "seed": 0,
+        "device": "cpu",
+        "model": {"backend": "native", "group": "C4", "preset": "gcnn-tiny"},
+        "data": {"name": "folder", "root": str(root), "num_workers": 0, "val_split": 0.25},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "select": "val_loss"},
+        "eval": {"protocols": ["upright"]},
+    }
+    train(Config.from_dict(config), tmp_path / "run", log=None)
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--report", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]["upright"]
+    assert report["classes"] == sorted(["zero", "one"]) and set(report["per_class"]) == {"zero", "one"}
+    assert 0.0 <= report["roc_auc"] <= 1.0
+    text = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--report"]).stdout
+    assert f"upright: accuracy {100 * report['accuracy']:.2f}%, ROC AUC {report['roc_auc']:.4f}" in text
