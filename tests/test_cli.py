@@ -63,7 +63,7 @@ def test_train_writes_a_run_and_summarises_it_last(runner, tiny_config, tmp_path
     for part in ("group C4", "backend native", "preset gcnn-tiny", "params", "upright", "rotated", f"run dir {out}"):
         assert part in last
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["checkpoint.pt", "config.yaml", "data.json", "metrics.jsonl", "summary.json"]
+    assert names == ["checkpoint.pt", "config.yaml", "data.json", "metrics.csv", "metrics.jsonl", "summary.json"]
 
 
 def test_train_resume_from_the_cli(runner, tiny_run, tmp_path):
@@ -176,7 +176,10 @@ def test_eval_table(runner, tiny_run):
     result = invoke(runner, "eval", tiny_run)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"{tiny_run}: C4 native gcnn-tiny, ") and "epoch 2, 120 digits test images" in lines[0]
+    assert (
+        lines[0].startswith(f"{tiny_run}: C4 native gcnn-tiny, ")
+        and "epoch 2 (checkpoint.pt), 120 digits test images" in lines[0]
+    )
     assert lines[1].split() == ["protocol", "accuracy"]
     assert [line.split()[0] for line in lines[2:]] == ["upright", "rotated", "rot90"]
 

@@ -62,8 +62,19 @@ DEFAULTS = {
         "label_smoothing": 0.0,
         "mixed_precision": "none",
         "channels_last": False,
+        "grad_clip": None,
+        "accumulate": 1,
+        "ema": None,
+        "select": "last",
+        "early_stopping": {"patience": None, "metric": None, "min_delta": 0.0},
+        "tensorboard": False,
     },
-    "eval": {"protocols": ["upright", "rotated", "rot90"], "rotation_seed": 1234, "batch_size": 256},
+    "eval": {
+        "protocols": ["upright", "rotated", "rot90"],
+        "rotation_seed": 1234,
+        "batch_size": 256,
+        "test_each_epoch": None,
+    },
     "required_plugins": [],
 }
 

@@ -178,7 +178,7 @@ def test_rank_0_alone_logs_and_writes_the_run(ddp_run):
     from gcnnkit.run.rundir import read_metrics
 
     run_dir, proc = ddp_run
-    files = ["checkpoint.pt", "config.yaml", "data.json", "metrics.jsonl", "summary.json"]
+    files = ["checkpoint.pt", "config.yaml", "data.json", "metrics.csv", "metrics.jsonl", "summary.json"]
     assert sorted(p.name for p in run_dir.iterdir()) == files  # no leftovers (.tmp) from a second writer
     metrics = read_metrics(run_dir)
     assert [m["epoch"] for m in metrics] == [1, 2]  # one line per epoch, not one per process

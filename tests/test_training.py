@@ -50,6 +50,7 @@ def test_run_directory_holds_config_metrics_checkpoint_summary(tiny_run):
         "checkpoint.pt",
         "config.yaml",
         "data.json",
+        "metrics.csv",
         "metrics.jsonl",
         "summary.json",
     ]

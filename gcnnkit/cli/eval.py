@@ -1,5 +1,6 @@
-"""``gcnnkit eval RUN_DIR [RUN_DIR ...]``: test accuracy of trained runs under each protocol, or as a
-function of the rotation angle (``--rotation-sweep``, optionally drawn with ``--plot``)."""
+"""``gcnnkit eval RUN_DIR [RUN_DIR ...]``: test accuracy of trained runs under each protocol, with
+per-class accuracy and confusion matrices (``--report``), or as a function of the rotation angle
+(``--rotation-sweep``, optionally drawn with ``--plot``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 from gcnnkit.cli._common import to_json
 from gcnnkit.core.errors import GcnnkitError
 from gcnnkit.run.data import PROTOCOLS
+from gcnnkit.run.rundir import WEIGHTS
 from gcnnkit.tools.table import format_table
 
 
@@ -41,6 +43,27 @@ from gcnnkit.tools.table import format_table
     default=None,
     help="Test on this many images of the test set (same fixed subset seed) instead of the run's data.test_size.",
 )
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Also print per-class accuracy and the confusion matrix under each protocol (ROC AUC for two classes) "
+    "and draw the matrices into RUN_DIR/confusion.png (or --out).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="With --report and one RUN_DIR: the PNG of the confusion matrices [default: RUN_DIR/confusion.png].",
+)
+@click.option(
+    "--checkpoint",
+    "weights",
+    type=click.Choice(WEIGHTS),
+    default="selected",
+    show_default=True,
+    help="Weights to test: best.pt (kept with train.select: val_acc|val_loss), the last epoch's checkpoint.pt, "
+    "or selected: best where there is one, else last.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--device", default=None, help="Device to evaluate on (default: the run's device setting).")
 def command(
@@ -50,6 +73,9 @@ def command(
     step: float | None,
     plot: str | None,
     test_size: int | None,
+    report: bool,
+    out: str | None,
+    weights: str,
     as_json: bool,
     device: str | None,
 ) -> None:
@@ -58,14 +84,30 @@ def command(
     \b
     Examples:
       gcnnkit eval runs/c4                                     # accuracy per protocol
+      gcnnkit eval runs/c4 --report                            # + per class, confusion matrix
       gcnnkit eval runs/cnn runs/c4 --rotation-sweep --step 10 --plot sweep.png
     """
     from gcnnkit.run.evaluation import evaluate_run, rotation_sweep_run
 
+    if out is not None and not report:
+        raise GcnnkitError("--out needs --report")
+    if report:
+        if rotation_sweep:
+            raise GcnnkitError("--report and --rotation-sweep do not go together; run them one after the other")
+        if out is not None and len(run_dirs) > 1:
+            raise GcnnkitError(
+                f"--out names one PNG, but {len(run_dirs)} runs were given; "
+                f"leave it out to write RUN_DIR/confusion.png each"
+            )
+        _report(run_dirs, list(protocols) or None, out, weights, as_json, device, test_size)
+        return
     if not rotation_sweep:
         if step is not None or plot is not None:
             raise GcnnkitError(f"{'--step' if step is not None else '--plot'} needs --rotation-sweep")
-        results = [evaluate_run(d, list(protocols) or None, device=device, test_size=test_size) for d in run_dirs]
+        results = [
+            evaluate_run(d, list(protocols) or None, device=device, test_size=test_size, weights=weights)
+            for d in run_dirs
+        ]
         if as_json:
             click.echo(to_json(results[0] if len(results) == 1 else results))
             return
@@ -84,7 +126,7 @@ def command(
         from gcnnkit.run.paths import check_output_path
 
         check_output_path(plot, "--plot", folder=False)
-    results = [rotation_sweep_run(d, step, device=device, test_size=test_size) for d in run_dirs]
+    results = [rotation_sweep_run(d, step, device=device, test_size=test_size, weights=weights) for d in run_dirs]
     if plot is not None:
         from gcnnkit.tools.plots import plot_rotation_sweep
 
@@ -97,11 +139,58 @@ def command(
         click.echo(f"plot: {plot}")
 
 
+def _report(
+    run_dirs: tuple[str, ...],
+    protocols: list[str] | None,
+    out: str | None,
+    weights: str,
+    as_json: bool,
+    device: str | None,
+    test_size: int | None,
+) -> None:
+    from pathlib import Path
+
+    from gcnnkit.run.report import report_run
+    from gcnnkit.tools.plots import plot_confusion
+
+    results = []
+    for run_dir in run_dirs:
+        result = report_run(run_dir, protocols, device=device, test_size=test_size, weights=weights)
+        result["png"] = str(plot_confusion(result, out or Path(run_dir) / "confusion.png"))
+        results.append(result)
+    if as_json:
+        click.echo(to_json(results[0] if len(results) == 1 else results))
+        return
+    for i, result in enumerate(results):
+        if i:
+            click.echo()
+        _print_report(result)
+
+
+def _print_report(result: dict) -> None:
+    click.echo(_header(result))
+    for protocol, report in result["report"].items():
+        auc = report.get("roc_auc", False)
+        auc_note = "" if auc is False else f", ROC AUC {'n/a (one class)' if auc is None else f'{auc:.4f}'}"
+        click.echo(f"\n{protocol}: accuracy {100 * report['accuracy']:.2f}%{auc_note}")
+        rows = [("class", "images", "accuracy")]
+        for name, cls in report["per_class"].items():
+            rows.append((name, cls["images"], "-" if cls["accuracy"] is None else f"{100 * cls['accuracy']:.2f}%"))
+        for line in format_table(rows, "<>"):
+            click.echo(line)
+        click.echo("confusion matrix (rows: true class, columns: predicted class)")
+        names = report["classes"]
+        grid = [("", *names), *((name, *row) for name, row in zip(names, report["confusion"], strict=True))]
+        for line in format_table(grid, "<>"):
+            click.echo(line)
+    click.echo(f"confusion matrices: {result['png']}")
+
+
 def _header(result: dict) -> str:
     arch = result["preset"] or "custom layers"
     return (
         f"{result['run_dir']}: {result['group']} {result['backend']} {arch}, {result['params']:,} params, "
-        f"epoch {result['epoch']}, {result['num_test']} {result['data']} test images"
+        f"epoch {result['epoch']} ({result['checkpoint']}), {result['num_test']} {result['data']} test images"
     )
 
 

@@ -46,6 +46,10 @@ from gcnnkit.run.data import (
 from gcnnkit.run.precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+#: ``train.select``: which epoch's weights are the run's model (``best.pt``), see :mod:`gcnnkit.run.selection`
+SELECT_METRICS = ("last", "val_acc", "val_loss")
+#: ``train.early_stopping.metric``
+STOPPING_METRICS = ("val_acc", "val_loss")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
 WIDTHS = ("params", "fields")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -130,6 +134,17 @@ class DataConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop when the validation metric has not improved for ``patience`` epochs (null: never stop)."""
+
+    patience: int | None = option(None, "int", nullable=True, ge=1)
+    #: null: ``train.select``'s metric when that is a validation metric, else ``val_loss``
+    metric: str | None = option(None, "str", choices=STOPPING_METRICS, nullable=True)
+    #: an epoch improves on the best only by more than this
+    min_delta: float = option(0.0, "float", ge=0)
+
+
+@dataclass
 class TrainConfig:
     """Optimisation (see :func:`gcnnkit.run.training.train`)."""
 
@@ -145,6 +160,16 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "float", ge=0, lt=1)
     mixed_precision: str = option("none", "str", choices=PRECISIONS)
     channels_last: bool = option(False, "bool")
+    #: clip the gradients' global L2 norm to this before each step (null: no clipping)
+    grad_clip: float | None = option(None, "float", nullable=True, gt=0)
+    #: split each step's batch into this many micro-batches, gradients summed (saves memory)
+    accumulate: int = option(1, "int", ge=1)
+    #: decay of an exponential moving average of the weights, which is evaluated and saved (null: off)
+    ema: float | None = option(None, "float", nullable=True, gt=0, lt=1)
+    select: str = option("last", "str", choices=SELECT_METRICS)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    #: also log every metric to TensorBoard (run_dir/tensorboard; needs the tensorboard package)
+    tensorboard: bool = option(False, "bool")
 
 
 @dataclass
@@ -154,6 +179,9 @@ class EvalConfig:
     protocols: list = option(["upright", "rotated", "rot90"], "str_list", choices=PROTOCOLS)
     rotation_seed: int = option(1234, "int", ge=0, le=MAX_SEED)
     batch_size: int = option(256, "int", ge=1)
+    #: test after every epoch (metrics.jsonl gets test_<protocol>); null: only when there is no
+    #: validation set (today's per-epoch test curves), else the test set is touched only at the end
+    test_each_epoch: bool | None = option(None, "bool", nullable=True)
 
 
 @dataclass
@@ -511,6 +539,12 @@ def _resolve(config: Config) -> None:
     else:
         model.layers = [spec.to_dict() for spec in parse_layers(model.layers, where="model.layers")]
         model.widths = model.widths or "fields"
+    train = config.train
+    if train.accumulate > train.batch_size:
+        raise ConfigError(
+            f"train.accumulate: {train.accumulate} micro-batches need train.batch_size >= {train.accumulate}, "
+            f"got {train.batch_size}"
+        )
     data = config.data
     data.name = canonical_name(data.name)
     data.image_size = data.image_size or native_image_size(data.name)  # None: the images' size, found at load

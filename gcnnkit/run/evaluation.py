@@ -71,14 +71,45 @@ def evaluate(
     return {p: int(c) / max(1, len(split)) for p, c in zip(protocols, counts, strict=True)}
 
 
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    split: Split,
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int = 256,
+    shard: tuple[int, int] = (0, 1),
+    total: Callable[[list[torch.Tensor]], list[float]] | None = None,
+) -> dict[str, float]:
+    """``{"val_loss", "val_acc"}`` of ``model`` (eval mode) on the upright ``split``: the mean plain
+    cross-entropy (no label smoothing, so runs with different smoothing compare) and the accuracy.
+    ``shard`` and ``total`` share the work between processes as in :func:`evaluate`."""
+    rank, world_size = shard
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with eval_mode(model):
+        for k, (x, y) in enumerate(protocol_batches(split, "upright", 0, batch_size)):
+            if k % world_size == rank:
+                logits = model(normalise(x.to(device), mean, std)).float()
+                y = y.to(device)
+                loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == y).sum()
+    sums = total([loss_sum, correct]) if total is not None else [float(loss_sum), int(correct)]
+    n = max(1, len(split))
+    return {"val_loss": float(sums[0]) / n, "val_acc": int(round(sums[1])) / n}
+
+
 def evaluate_run(
     run_dir: str | Path,
     protocols: Sequence[str] | None = None,
     *,
     device: str | None = None,
     test_size: int | None = None,
+    weights: str = "selected",
 ) -> dict[str, Any]:
-    """Evaluate the last checkpoint of a run on its test set.
+    """Evaluate a run's selected checkpoint (``best.pt`` where it kept one, else the last) on its test set.
 
     Args:
         run_dir: a directory written by :func:`gcnnkit.run.training.train`.
@@ -86,16 +117,17 @@ def evaluate_run(
         device: default: the run's ``device`` setting (``auto`` picks CUDA when there is one).
         test_size: test on this many images of the test set instead of the run's ``data.test_size``
             (drawn with the same fixed seed).
+        weights: ``selected``, ``best`` or ``last`` (:func:`gcnnkit.run.rundir.load_run`).
 
     Returns:
-        ``{"run_dir", "epoch", "backend", "group", "preset", "data", "params", "num_test",
+        ``{"run_dir", "epoch", "checkpoint", "backend", "group", "preset", "data", "params", "num_test",
         "accuracy": {protocol: accuracy}}``.
     """
     if protocols:
         unknown = [p for p in protocols if p not in PROTOCOLS]
         if unknown:
             raise GcnnkitError(f"protocol {unknown[0]!r} is not allowed; allowed: {', '.join(PROTOCOLS)}")
-    run = load_run(run_dir, device=device, test_size=test_size)
+    run = load_run(run_dir, device=device, test_size=test_size, weights=weights)
     protocols = list(protocols or run.config.eval.protocols)
     accuracy = evaluate(
         run.model,
@@ -168,8 +200,9 @@ def rotation_sweep_run(
     *,
     device: str | None = None,
     test_size: int | None = None,
+    weights: str = "selected",
 ) -> dict[str, Any]:
-    """:func:`rotation_sweep` of a run's last checkpoint over ``[0°, 360°)`` in steps of ``step``.
+    """:func:`rotation_sweep` of a run's selected checkpoint over ``[0°, 360°)`` in steps of ``step``.
 
     Returns:
         :func:`evaluate_run`'s description of the run (``run_dir``, ``epoch``, ``backend``, ``group``,
@@ -177,7 +210,7 @@ def rotation_sweep_run(
         ``"accuracy"`` (one value in ``[0, 1]`` per angle).
     """
     angles = sweep_angles(step)
-    run = load_run(run_dir, device=device, test_size=test_size)
+    run = load_run(run_dir, device=device, test_size=test_size, weights=weights)
     accuracy = rotation_sweep(
         run.model, run.test, angles, mean=run.mean, std=run.std, batch_size=run.config.eval.batch_size
     )

@@ -10,6 +10,7 @@ Only the training forward pass runs under autocast; the loss, the optimiser step
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 
 import torch
@@ -95,10 +96,32 @@ class Precision:
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward pass and optimiser step (scaled for fp16)."""
+        self.backward(loss)
+        self.update(optimizer)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Add ``loss``'s gradients (scaled for fp16); several calls accumulate."""
         if self.scaler is None:
             loss.backward()
-            optimizer.step()
         else:
             self.scaler.scale(loss).backward()
+
+    def update(
+        self,
+        optimizer: torch.optim.Optimizer,
+        grad_clip: float | None = None,
+        parameters: Iterable[torch.nn.Parameter] | None = None,
+    ) -> None:
+        """The optimiser step on the accumulated gradients, their global L2 norm first clipped to
+        ``grad_clip`` (over ``parameters``, default the optimiser's) when it is given."""
+        if grad_clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            if parameters is None:
+                parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        if self.scaler is None:
+            optimizer.step()
+        else:
             self.scaler.step(optimizer)
             self.scaler.update()

@@ -7,6 +7,8 @@ A run directory holds::
                      atomically from the checkpoint's history (gcnnkit.run.metrics)
     checkpoint.pt    the state after the last completed epoch (written atomically; state
                      dicts and plain values only, so it loads with weights_only=True)
+    best.pt          the selected epoch's weights (train.select: val_acc or val_loss only)
+    metrics.csv      the rows of metrics.jsonl as CSV (gcnnkit.run.logs)
     summary.json     written when the run finishes (RunSummary)
     run.lock         locked by the process training in it (gcnnkit.run.lock)
 
@@ -43,6 +45,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
+BEST_FILE = "best.pt"
 CHECKPOINT_FORMAT = 1
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -319,12 +322,14 @@ class LoadedRun:
     mean: torch.Tensor
     std: torch.Tensor
     test: Split | None = None
+    checkpoint_file: str = CHECKPOINT_FILE  # which file the weights came from: checkpoint.pt or best.pt
 
     def describe(self) -> dict[str, Any]:
         """``run_dir``, ``epoch``, ``backend``, ``group``, ``preset``, ``data``, ``params``, ``num_test``."""
         return {
             "run_dir": str(self.run_dir),
             "epoch": self.checkpoint["epoch"],
+            "checkpoint": self.checkpoint_file,
             "backend": self.config.model.backend,
             "group": self.config.model.group,
             "preset": self.config.model.preset,
@@ -334,10 +339,19 @@ class LoadedRun:
         }
 
 
+#: ``load_run(weights=...)``: ``selected`` is ``best`` where the run kept a best.pt, else ``last``
+WEIGHTS = ("selected", "best", "last")
+
+
 def load_run(
-    run_dir: str | Path, *, device: str | None = None, with_data: bool = True, test_size: int | None = None
+    run_dir: str | Path,
+    *,
+    device: str | None = None,
+    with_data: bool = True,
+    test_size: int | None = None,
+    weights: str = "selected",
 ) -> LoadedRun:
-    """Rebuild a run's model from its stored config and last checkpoint.
+    """Rebuild a run's model from its stored config and its selected (or last) checkpoint.
 
     Args:
         run_dir: a directory written by :func:`gcnnkit.run.training.train`.
@@ -345,12 +359,23 @@ def load_run(
             when ``with_data`` is false.
         with_data: also load the run's test split (:attr:`LoadedRun.test`).
         test_size: test on this many images instead of the run's ``data.test_size``.
+        weights: ``best`` (``best.pt``, kept with ``train.select: val_acc|val_loss``), ``last``
+            (``checkpoint.pt``; with ``train.ema`` its averaged weights) or ``selected`` (``best``
+            where there is a ``best.pt``, else ``last``).
     """
     run_dir = Path(run_dir)
+    if weights not in WEIGHTS:
+        raise GcnnkitError(f"--checkpoint: {weights!r} is not allowed; allowed: {', '.join(WEIGHTS)}")
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise GcnnkitError(f"{run_dir}: not a run directory with a {CHECKPOINT_FILE} (train one with gcnnkit train)")
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    check_checkpoint(checkpoint, run_dir / CHECKPOINT_FILE)
+    has_best = (run_dir / BEST_FILE).is_file()
+    if weights == "best" and not has_best:
+        raise GcnnkitError(
+            f"--checkpoint best: {run_dir} has no {BEST_FILE} (it is kept only with train.select: val_acc or val_loss)"
+        )
+    name = BEST_FILE if has_best and weights != "last" else CHECKPOINT_FILE
+    checkpoint = load_checkpoint(run_dir / name)
+    check_checkpoint(checkpoint, run_dir / name)
     config = Config.from_dict(checkpoint["config"])
     # reading a run never downloads or writes data, whatever its stored config says
     data_cfg = dataclasses.replace(config.data, download=False)
@@ -362,14 +387,17 @@ def load_run(
     info = _stored_info(stored) if stored and not with_data else dataset_info(data_cfg)
     test = load_dataset(data_cfg, seed=config.seed).test if with_data else None
     model = build_model_from_config(config, info, purpose="eval")
-    load_weights(model, checkpoint, run_dir / CHECKPOINT_FILE)
+    if checkpoint.get("ema"):  # train.ema: the averaged weights are the ones evaluated
+        load_weights(model, {**checkpoint, "model": checkpoint["ema"]}, run_dir / name)
+    else:
+        load_weights(model, checkpoint, run_dir / name)
     model.eval()
     if with_data or device is not None:
         model.to(resolve_device(device or config.device))
     stats = checkpoint.get("normalisation") or {}
     mean = torch.tensor(stats.get("mean", [0.0] * info.in_channels))
     std = torch.tensor(stats.get("std", [1.0] * info.in_channels))
-    return LoadedRun(run_dir, config, checkpoint, model, info, mean, std, test)
+    return LoadedRun(run_dir, config, checkpoint, model, info, mean, std, test, name)
 
 
 def _stored_info(stored: dict[str, Any]) -> DatasetInfo:

@@ -46,11 +46,14 @@ from gcnnkit.run import distributed
 from gcnnkit.run.config import Config, config_differences, load_config
 from gcnnkit.run.data import Dataset, augment_batch, colour_jitter, load_dataset, save_data_description
 from gcnnkit.run.divergence import DivergenceGuard
-from gcnnkit.run.evaluation import evaluate
+from gcnnkit.run.ema import EMA
+from gcnnkit.run.evaluation import evaluate, validate
 from gcnnkit.run.lock import RunLock
+from gcnnkit.run.logs import RunLogs, require_tensorboard, write_metrics_csv
 from gcnnkit.run.metrics import salvage_metrics, write_metrics
 from gcnnkit.run.precision import Precision
 from gcnnkit.run.rundir import (
+    BEST_FILE,
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     CONFIG_FILE,
@@ -66,7 +69,10 @@ from gcnnkit.run.rundir import (
     save_checkpoint,
     write_text_atomic,
 )
+from gcnnkit.run.selection import Selector
 from gcnnkit.run.signals import SignalGuard, signal_suffix
+from gcnnkit.run.steps import optimiser_step
+from gcnnkit.run.validation import with_validation
 
 
 @dataclass
@@ -88,6 +94,13 @@ class RunSummary:
     train_loss: float
     train_acc: float
     versions: dict[str, str] = field(default_factory=dict)  # torch, gcnnkit and installed plugin distributions
+    epochs_trained: int = 0  # fewer than epochs when stopped early
+    select: str = "last"  # train.select
+    selected_epoch: int = 0  # the epoch whose weights `accuracy` is of (best.pt unless select is last)
+    stopped_early: bool = False
+    val: dict[str, float] = field(
+        default_factory=dict
+    )  # val_loss, val_acc of the selected epoch; {} without a validation set
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +109,8 @@ class RunSummary:
         """The one-line summary printed at the end of a run."""
         accs = ", ".join(f"{p} {100 * a:.2f}%" for p, a in self.accuracy.items())
         arch = f"preset {self.preset}" if self.preset else "custom layers"
+        if self.select != "last":
+            accs += f" (epoch {self.selected_epoch}, best by {self.select})"
         return (
             f"done: group {self.group}, backend {self.backend}, {arch}, {self.params:,} params, {accs}, "
             f"{self.wall_time_s:.1f}s on {self.device}, run dir {self.run_dir}"
@@ -293,12 +308,21 @@ def _train(
             f"train.batch_size: {config.train.batch_size} is the batch of one step over all {ctx.world_size} "
             f"processes; give at least {ctx.world_size}"
         )
+    if config.train.tensorboard:
+        require_tensorboard()
     seed_everything(config.seed)
     model = build_model_from_config(config).to(device)  # before loading data: config errors come first
     if config.train.channels_last:
         model.set_channels_last()
     with distributed.rank_zero_first(ctx):  # a download happens once per file system
         data = load_dataset(config.data, seed=config.seed).to(device)
+    data, val = with_validation(data, config.data.val_split, config.seed, config.data.normalise)
+    selector = Selector.for_config(config.train, has_val=val is not None)
+    test_each_epoch = config.eval.test_each_epoch
+    if test_each_epoch is None:  # today's per-epoch test curves unless there is a validation set to watch
+        test_each_epoch = val is None
+    ema = EMA(model, config.train.ema) if config.train.ema is not None else None
+    best_state = None  # the selected weights (best.pt), on every process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)  # only now: a config error leaves no empty run dir behind
         if not lock.held:
@@ -318,6 +342,11 @@ def _train(
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base * lr_factor(config, scheduler.last_epoch, steps_per_epoch)
         first_epoch, elapsed_before = checkpoint["epoch"] + 1, checkpoint["elapsed_s"]
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        selector.load_state_dict(checkpoint.get("selection", {}))
+        if selector.keeps_best and (run_dir / BEST_FILE).is_file():
+            best_state = load_checkpoint(run_dir / BEST_FILE)["model"]
         log(f"resuming {run_dir} after epoch {checkpoint['epoch']} of {config.train.epochs}")
         history = checkpoint.get("metrics")
         if history is None:  # a checkpoint from before the history moved into it
@@ -327,70 +356,122 @@ def _train(
                 log(f"{METRICS_FILE}: no readable line for epochs {lost} (an older checkpoint without its history)")
     if main:
         write_metrics(run_dir, history)  # a fresh run starts an empty file; a resumed one holds the checkpoint's epochs
+        write_metrics_csv(run_dir, history)
         write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     net = distributed.wrap(model, ctx, device, data.info.image_shape)  # `model` itself in a single process
     where = str(device) if not ctx.enabled else f"{device.type} x{ctx.world_size}"
+    val_note = f" / {len(val)} val" if val is not None else ""
     log(
         f"{config.model.group} {config.model.backend} {config.model.preset or 'custom layers'}: "
-        f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train / {len(data.test)} test, "
-        f"{where}, {precision.name} ({precision.reason}), run dir {run_dir}"
+        f"{model.num_parameters():,} params, {data.info.name} {len(data.train)} train{val_note} / "
+        f"{len(data.test)} test, {where}, {precision.name} ({precision.reason}), run dir {run_dir}"
     )
     if not data.builtin:  # the user's own images: where from, in memory or streamed, and why
         skipped = f", {len(data.skipped)} corrupt files skipped" if data.skipped else ""
         log(f"data: {data.source}, {data.in_memory_reason}{skipped}")
+    judged = ema.module if ema is not None else model  # the weights evaluated, selected and tested
+    logs = RunLogs(run_dir, config.train.tensorboard, first_epoch) if main else None
+
+    def test(weights: nn.Module) -> dict[str, float]:
+        return evaluate(
+            weights,
+            data.test,
+            config.eval.protocols,
+            mean=data.mean,
+            std=data.std,
+            rotation_seed=config.eval.rotation_seed,
+            batch_size=config.eval.batch_size,
+            shard=(ctx.rank, ctx.world_size),
+            total=lambda counts: distributed.all_sum(counts, ctx, device),
+        )
 
     record: dict[str, Any] = {}
     done = first_epoch - 1  # last epoch with a checkpoint
     guard = DivergenceGuard(run_dir, config.train.lr, precision.name, device, ctx, saved_epoch=done)
+    if selector.should_stop:  # a resumed run that had stopped early stays stopped
+        log(selector.stop_message(done))
     try:
         for epoch in range(first_epoch, config.train.epochs + 1):
+            if selector.should_stop:
+                break
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            loss, acc = _train_epoch(net, data, config, epoch, optimizer, scheduler, precision, device, ctx, guard)
+            after_step = (lambda: ema.update(model)) if ema is not None else None
+            loss, acc = _train_epoch(
+                net, data, config, epoch, optimizer, scheduler, precision, device, ctx, guard, after_step
+            )
             guard.check_weights(model.state_dict(), optimizer)  # before evaluating or saving them
             distributed.sync_state(model, ctx)  # every process evaluates the weights rank 0 saves
-            accuracy = evaluate(
-                model,
-                data.test,
-                config.eval.protocols,
-                mean=data.mean,
-                std=data.std,
-                rotation_seed=config.eval.rotation_seed,
-                batch_size=config.eval.batch_size,
-                shard=(ctx.rank, ctx.world_size),
-                total=lambda counts: distributed.all_sum(counts, ctx, device),
-            )
+            if ema is not None:
+                distributed.sync_state(ema.module, ctx)
             record = {"epoch": epoch, "train_loss": loss, "train_acc": acc}
+            if val is not None:
+                record.update(
+                    validate(
+                        judged,
+                        val,
+                        mean=data.mean,
+                        std=data.std,
+                        batch_size=config.eval.batch_size,
+                        shard=(ctx.rank, ctx.world_size),
+                        total=lambda sums: distributed.all_sum(sums, ctx, device),
+                    )
+                )
+            accuracy = test(judged) if test_each_epoch else {}
             record.update({f"test_{p}": a for p, a in accuracy.items()})
             record.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0, "device": where})
             history = [*history, record]
+            selected = selector.update(epoch, record)
+            if selected and selector.keeps_best:
+                best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
             if main:
                 state = _checkpoint_state(epoch, config, data, model, optimizer, scheduler, precision)
                 state["elapsed_s"] = elapsed_before + time.perf_counter() - started
                 state["metrics"] = history
+                state["selection"] = selector.state_dict()
+                if ema is not None:
+                    state["ema"] = ema.state_dict()
                 with signals.deferred():  # a signal now waits until checkpoint and metrics are both written
+                    if selected and selector.keeps_best:  # before checkpoint.pt, whose selection state points at it
+                        best = _best_state(epoch, config, data, best_state, precision, record)
+                        save_checkpoint(run_dir / BEST_FILE, best)
                     _save(run_dir, state, history, done)
                     done = guard.saved_epoch = epoch  # before a deferred signal is raised
+                logs.epoch(record, history)
             done = guard.saved_epoch = epoch
-            tests = "  ".join(f"{p} {a:.4f}" for p, a in accuracy.items())
+            vals = f"  val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}" if val is not None else ""
+            tests = "".join(f"  {p} {a:.4f}" for p, a in accuracy.items())
             log(
-                f"epoch {epoch}/{config.train.epochs}  loss {loss:.4f}  acc {acc:.4f}  {tests}  lr {lr:.2e}  "
+                f"epoch {epoch}/{config.train.epochs}  loss {loss:.4f}  acc {acc:.4f}{vals}{tests}  lr {lr:.2e}  "
                 f"{record['epoch_seconds']:.1f}s"
             )
+            if selector.should_stop:
+                log(selector.stop_message(epoch))
     except KeyboardInterrupt as exc:
         log(
             f"interrupted{signal_suffix(exc)} after {done} of {config.train.epochs} epochs (saved in {run_dir}); "
             f"continue with: gcnnkit train CONFIG --out {run_dir} --resume"
         )
         raise
+    finally:
+        if logs is not None:
+            logs.close()
 
-    if not record:  # resumed a finished run without adding epochs
-        record = distributed.on_main(lambda: history[-1], ctx)
+    rows = distributed.on_main(lambda: history, ctx)
+    record = rows[-1]
+    selected_epoch = selector.best_epoch if selector.keeps_best else record["epoch"]
+    selected_row = next((r for r in rows if r["epoch"] == selected_epoch), {})
+    if not selector.keeps_best and all(f"test_{p}" in record for p in config.eval.protocols):
+        accuracy = {p: record[f"test_{p}"] for p in config.eval.protocols}  # tested after the last epoch already
+    else:  # the test set's one look: at the selected weights
+        if best_state is not None:
+            judged.load_state_dict(best_state)
+        accuracy = test(judged)
     summary = RunSummary(
         run_dir=str(run_dir),
         epochs=config.train.epochs,
         params=model.num_parameters(),
-        accuracy={p: record[f"test_{p}"] for p in config.eval.protocols},
+        accuracy=accuracy,
         wall_time_s=elapsed_before + time.perf_counter() - started,
         device=where,
         seed=config.seed,
@@ -402,6 +483,11 @@ def _train(
         train_loss=record["train_loss"],
         train_acc=record["train_acc"],
         versions=_versions(),
+        epochs_trained=record["epoch"],
+        select=selector.select,
+        selected_epoch=selected_epoch,
+        stopped_early=selector.should_stop,
+        val={k: selected_row[k] for k in ("val_loss", "val_acc") if k in selected_row},
     )
     if main:
         write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -459,6 +545,28 @@ def _checkpoint_state(
     }
 
 
+def _best_state(
+    epoch: int,
+    config: Config,
+    data: Dataset,
+    weights: dict[str, torch.Tensor],
+    precision: Precision,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """``best.pt``: the selected epoch's weights (the EMA's with ``train.ema``) in the checkpoint
+    format, so ``gcnnkit eval``/``export`` load it like ``checkpoint.pt``; no optimiser state."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": weights,
+        "precision": precision.mode,
+        "config": config.to_dict(),
+        "normalisation": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+        "data": data.describe(),
+        "selection": {"metric": config.train.select, "value": record[config.train.select]},
+    }
+
+
 def _restore(
     checkpoint: dict[str, Any],
     model: nn.Module,
@@ -490,6 +598,7 @@ def _train_epoch(
     device: torch.device,
     ctx: distributed.Context = distributed.SINGLE,
     guard: DivergenceGuard | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, accuracy) over all of it.
 
@@ -526,13 +635,21 @@ def _train_epoch(
         x = augment_batch(x, config.data.augment, gen, config.data.augment_degrees)
         x = data.normalise(x[part])
         y = data.train.labels[idx][part]
-        with precision.autocast():
-            logits = model(x)
-        loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
         with guard.optimizer_step(step) if guard is not None else nullcontext():
-            precision.step(loss * weight, optimizer)  # weight 1 in a single process
+            loss, logits = optimiser_step(
+                model,
+                x,
+                y,
+                criterion,
+                optimizer,
+                precision,
+                weight=weight,  # 1 in a single process
+                accumulate=config.train.accumulate,
+                grad_clip=config.train.grad_clip,
+            )
         scheduler.step()
+        if after_step is not None:
+            after_step()
         if guard is not None:
             guard.observe(step, loss)
         if weight:  # 0: a stand-in sample that only keeps this process in step

@@ -456,7 +456,8 @@ def invariance_error(module, group: Group, x: torch.Tensor, run=None) -> float:
 def export_run(
     run_dir: str | Path, out: str | Path, fmt: str, *, include_normalisation: bool = False, check: bool = True
 ) -> ExportReport:
-    """Export the last checkpoint of a run directory (see :mod:`gcnnkit.run.training`) to ``out``.
+    """Export the selected weights of a run directory (``best.pt`` where kept, else the last checkpoint,
+    see :func:`gcnnkit.run.rundir.load_run`) to ``out``.
 
     With ``include_normalisation`` the file takes raw images in ``[0, 1]``: the run's
     per-channel normalisation is prepended as a depthwise 1×1 convolution. Without it, inputs

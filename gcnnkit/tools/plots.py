@@ -83,4 +83,46 @@ def plot_rotation_sweep(
     return path
 
 
-__all__ = ["plot_rotation_sweep", "sweep_label", "sweep_labels"]
+def plot_confusion(result: Mapping[str, Any], path: str | Path) -> Path:
+    """Draw one confusion matrix per protocol of a :func:`gcnnkit.run.report.report_run` result into
+    the PNG ``path``: rows are true classes, columns predicted ones, each cell its count, shaded by
+    the fraction of its row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    reports = result["report"]
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise GcnnkitError(f"--out: folder {str(path.parent)!r} does not exist")
+    k = len(next(iter(reports.values()))["classes"])
+    side = max(3.2, 0.42 * k + 1.4)
+    fig = Figure(figsize=(side * len(reports), side + 0.4), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, (protocol, report) in enumerate(reports.items()):
+        ax = fig.add_subplot(1, len(reports), i + 1)
+        counts = report["confusion"]
+        rows = [max(1, sum(row)) for row in counts]
+        shade = [[c / n for c in row] for row, n in zip(counts, rows, strict=True)]
+        ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
+        for r, row in enumerate(counts):
+            for c, count in enumerate(row):
+                colour = "white" if shade[r][c] > 0.5 else "black"
+                ax.text(c, r, str(count), ha="center", va="center", fontsize=7, color=colour)
+        names = report["classes"]
+        ax.set_xticks(range(k), names, fontsize=7, rotation=90 if max(map(len, names)) > 2 else 0)
+        ax.set_yticks(range(k), names, fontsize=7)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{protocol}: {100 * report['accuracy']:.2f}%", fontsize=10)
+    fig.suptitle(
+        f"{result.get('run_dir', '')} ({result.get('checkpoint', '')}, epoch {result.get('epoch', '?')})", fontsize=9
+    )
+    fig.tight_layout()
+    try:
+        fig.savefig(path, format="png")
+    except OSError as exc:
+        raise GcnnkitError(f"--out: cannot write {str(path)!r}: {exc}") from None
+    return path
+
+
+__all__ = ["plot_confusion", "plot_rotation_sweep", "sweep_label", "sweep_labels"]
