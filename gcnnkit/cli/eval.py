@@ -99,6 +99,10 @@ def command(
                 f"--out names one PNG, but {len(run_dirs)} runs were given; "
                 f"leave it out to write RUN_DIR/confusion.png each"
             )
+        if out is not None:
+            from gcnnkit.run.paths import check_output_path
+
+            check_output_path(out, "--out", folder=False)
         _report(run_dirs, list(protocols) or None, out, weights, as_json, device, test_size)
         return
     if not rotation_sweep:
