@@ -219,7 +219,8 @@ def test_check_json(runner, tiny_config):
 
 
 def test_check_fails_with_exit_1_on_a_broken_architecture(runner, write_config):
-    config = write_config(merge(TINY_CONFIG, {"model": {"preset": None, "layers": BROKEN_LAYERS}}))
+    model = {"preset": None, "layers": BROKEN_LAYERS, "allow_non_equivariant": True}
+    config = write_config(merge(TINY_CONFIG, {"model": model}))
     result = invoke(runner, "check", config)
     assert result.exit_code == 1, result.output
     assert "2.pool" in result.stdout and "FAIL" in result.stdout

@@ -24,6 +24,7 @@ DEFAULTS = {
         "layers": None,
         "widths": "params",
         "backend_options": {},
+        "allow_non_equivariant": False,
     },
     "data": {
         "name": "digits",
@@ -161,7 +162,8 @@ BAD = [
     ({"train": {"epoch": 3}}, ["unknown key 'train.epoch'", "did you mean 'epochs'", "allowed: epochs, batch_size,"]),
     ({"train": 5}, ["train: expected a mapping with keys epochs, batch_size,", "got 5"]),
     ({"modle": {}}, ["unknown key 'modle'", "allowed: seed, device, model, data, train, eval"]),
-    ({"seed": -1}, ["seed: must be >= 0, got -1"]),
+    ({"seed": -1}, ["seed: must be >= 0 and <= 4294967295, got -1"]),
+    ({"seed": 2**70}, ["seed: must be >= 0 and <= 4294967295, got 1180591620717411303424"]),
     ({"seed": "0"}, ["seed: expected int, got '0'"]),
     ({"device": "gpu"}, ["device: 'gpu' is not allowed; allowed: auto, cpu, cuda, cuda:N"]),
     ({"model": "C4"}, ["model: expected a mapping with keys backend, group, preset,", "got 'C4'"]),

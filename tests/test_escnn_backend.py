@@ -696,3 +696,23 @@ def test_fast_he_init_falls_back_to_escnn_for_other_basis_managers(monkeypatch):
     monkeypatch.setattr(fast.escnn_init, "_generalized_he_init_variances", lambda b: calls.append(b) or torch.ones(3))
     assert torch.equal(fast.he_init_std(Other()), torch.ones(3))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("group_name", ["C4", "D4", "C8"])
+def test_builds_and_runs_under_float64_default_dtype(group_name):
+    """escnn assumes float32 while it builds its bases; the backend builds in float32 and casts, so a
+    model made under ``torch.set_default_dtype(torch.float64)`` is float64 and trains and checks there."""
+    from gcnnkit.models.network import build_model
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        net = build_model("escnn", group_name, preset="gcnn-tiny", in_channels=1, image_size=17, num_classes=10)
+        assert torch.get_default_dtype() == torch.float64  # restored after each layer is built
+        assert {p.dtype for p in net.parameters()} == {torch.float64}
+        net.train()(torch.randn(4, 1, 17, 17)).square().sum().backward()
+        exact = [g for g in range(net.group.order) if net.group.is_exact(g)]
+        results = check_network(net, (1, 17, 17), elements=exact)
+        assert results[-1].max_error < 1e-12  # float64 round-off, not float32's 1e-7
+    finally:
+        torch.set_default_dtype(before)

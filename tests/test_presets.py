@@ -178,7 +178,7 @@ def test_layernorm_is_equivariant_and_normalises_each_sample(group, affine):
 def test_layernorm_on_images_and_vectors():
     net = _net([{"type": "lift", "out": 2}, "group_pool", "layernorm", "global_pool", "layernorm", "linear"])
     assert net(torch.randn(2, 1, 7, 7)).shape == (2, 10)
-    with pytest.raises(SpecError, match="eps: must be > 0"):
+    with pytest.raises(SpecError, match="eps: must be a finite number > 0"):
         parse_layers([{"type": "layernorm", "eps": 0}])
 
 

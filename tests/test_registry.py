@@ -16,6 +16,7 @@ from gcnnkit.core.errors import GcnnkitError, PluginError
 from gcnnkit.core.group import GROUP_API_VERSION, cyclic_group, dihedral_group
 from gcnnkit.core.registry import (
     AUTOLOAD_ENV,
+    PLUGINS_ENV,
     REGISTRY,
     backend_names,
     get_backend,
@@ -366,3 +367,70 @@ def test_refresh_picks_up_newly_installed_plugins(fake_dists, tmp_path):
     )  # calls REGISTRY.refresh()
     assert get_group("Late").order == 2  # a Group instance as the entry point object works too
     assert Path(tmp_path, "fakepkg_late", "__init__.py").exists()
+
+
+def test_plugin_that_exits_or_prints_on_import_is_isolated(fake_dists, capsys):
+    fake_dists(
+        "fake-exits",
+        "0.1",
+        "fakepkg_exits",
+        """
+        import sys
+        sys.exit(3)
+        """,
+        {GROUPS: {"Exits": "fakepkg_exits:G"}},
+    )
+    fake_dists(
+        "fake-prints",
+        "0.1",
+        "fakepkg_prints",
+        """
+        print("hello from a chatty plugin")
+        from gcnnkit_native.groups import C4 as G
+        """,
+        {BACKENDS: {"chatty": "fakepkg_prints:G"}},
+    )
+    with pytest.raises(PluginError, match=r"group plugin 'Exits'.*failed to load: called sys.exit\(3\)"):
+        get_group("Exits")
+    report = {(i.kind, i.name): i for i in plugin_report()}  # neither ends the report
+    assert report[("group", "Exits")].error == "called sys.exit(3)"
+    assert "Backend" in report[("backend", "chatty")].error  # a group is not a backend
+    assert report[("backend", "native")].error is None
+    out = capsys.readouterr()
+    assert "hello from a chatty plugin" not in out.out and "hello from a chatty plugin" in out.err
+
+
+def test_plugins_json_survives_chatty_and_exiting_plugins(fake_dists):
+    import json
+
+    from click.testing import CliRunner
+
+    from gcnnkit.cli import main
+
+    fake_dists("fake-exits", "0.1", "fakepkg_exits2", "import sys\nsys.exit(0)\n", {GROUPS: {"Ex": "fakepkg_exits2:G"}})
+    fake_dists("fake-prints", "0.1", "fakepkg_prints2", "print('noise')\n", {GROUPS: {"Pr": "fakepkg_prints2:G"}})
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    errors = {g["name"]: g["error"] for g in data["groups"]}
+    assert errors["Ex"] == "called sys.exit(0)" and "AttributeError" in errors["Pr"] and errors["C4"] is None
+    plain = CliRunner().invoke(main, ["plugins"])
+    assert plain.exit_code == 0 and "FAILED: called sys.exit(0)" in plain.stdout
+
+
+@pytest.mark.parametrize("allow", ["native", "gcnnkit-native", "GCNNKIT_native"])
+def test_allow_list_keeps_named_distributions_even_without_autoload(registry, monkeypatch, allow):
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    monkeypatch.setenv(PLUGINS_ENV, allow)
+    registry.refresh()
+    assert isinstance(get_backend("native"), NativeBackend) and get_group("C4").order == 4
+    with pytest.raises(PluginError, match=f"unknown backend 'escnn'; installed: native .*{PLUGINS_ENV} is set"):
+        get_backend("escnn")
+
+
+def test_allow_list_drops_other_distributions(fake_dists, monkeypatch, registry):
+    fake_dists("fake-other", "0.1", "fakepkg_other", "raise SystemExit('no')\n", {GROUPS: {"Other": "fakepkg_other:G"}})
+    monkeypatch.setenv(PLUGINS_ENV, "native, escnn")
+    registry.refresh()
+    assert "Other" not in group_names() and "C4" in group_names()
+    assert all(i.origin.startswith(("gcnnkit-native", "gcnnkit-escnn")) for i in plugin_report())

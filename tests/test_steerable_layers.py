@@ -128,7 +128,7 @@ RESTRICTIONS = [("D4", "C4", (None, 4)), ("D4", "D1", (0, 1)), ("C4", "C2", 2), 
 
 @pytest.mark.parametrize(("group", "subgroup", "sid"), RESTRICTIONS)
 def test_restriction_networks_are_equivariant_to_the_subgroup(group, subgroup, sid):
-    g = GROUPS[group]
+    g = registered_group(group)  # the registry's object now: a test that refreshed the registry made a new one
     first = {"regular": 2, "irrep(1,1)" if group[0] == "D" else "irrep(1)": 1, "trivial": 1}
     layers = [
         {"type": "lift", "out": first, "kernel": 3},

@@ -61,10 +61,35 @@ class CommandGroup(click.Group):
             if os.environ.get(DEBUG_ENV):
                 raise
             raise UserError(str(exc), exc.exit_code) from None
+        except OSError as exc:  # the file system refused: a full disk, a read-only mount, a vanished folder
+            if os.environ.get(DEBUG_ENV) or isinstance(exc, BrokenPipeError):
+                raise
+            raise UserError(os_error_message(exc)) from None
+        except MemoryError:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise UserError(
+                "out of memory; shrink the model, data.image_size or the batch size "
+                "(gcnnkit estimates memory before building: see GCNNKIT_MAX_MEMORY_GB in docs/reliability.md)"
+            ) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during train (gcnnkit.run.signals)
             signal_name = getattr(exc, "signal_name", None)
             click.echo(f"interrupted by {signal_name}" if signal_name else "interrupted", err=True)
             ctx.exit(getattr(exc, "exit_code", 130))
+
+
+def os_error_message(exc: OSError) -> str:
+    """``<path>: <reason>`` for an error of the file system (one line)."""
+    where = exc.filename if exc.filename is not None else "file system"
+    reason = exc.strerror or " ".join(str(exc).split())
+    return f"{where}: {reason}"
+
+
+def require_tolerance(value: float, option: str = "--tolerance") -> float:
+    """A tolerance must be a finite number >= 0 (``nan`` would pass everything, ``-1`` nothing)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise GcnnkitError(f"{option} {value!r}: expected a finite number >= 0, e.g. 1e-5")
+    return value
 
 
 def set_option(func):

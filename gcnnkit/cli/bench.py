@@ -113,6 +113,7 @@ def command(
     import torch
 
     from gcnnkit.core.errors import GcnnkitError
+    from gcnnkit.run.paths import check_output_path
     from gcnnkit.tools.bench import config_cases, format_report, parse_int_list, preset_cases, resolve_device, run_bench
 
     if data_config is not None:
@@ -131,6 +132,8 @@ def command(
         click.echo(to_json(report) if as_json else format_data_report(report))
         return
     dev = resolve_device(device)  # fails first, before anything is built
+    if out is not None:
+        check_output_path(out, "--out", folder=False)
     batches = parse_int_list(batch_sizes, "--batch-sizes")
     size_list = parse_int_list(sizes, "--sizes") if sizes else None
     backend_list = [b.strip() for b in backends.split(",") if b.strip()] if backends else None

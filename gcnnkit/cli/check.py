@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gcnnkit.cli._common import set_option, to_json
+from gcnnkit.cli._common import require_tolerance, set_option, to_json
 from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
 from gcnnkit.tools.table import format_table
 
@@ -32,6 +32,7 @@ def command(config: str, overrides: tuple[str, ...], tolerance: float, elements:
     from gcnnkit.run.check import check_equivariance
     from gcnnkit.run.config import load_config
 
+    require_tolerance(tolerance)
     report = check_equivariance(load_config(config, overrides), tolerance=tolerance, elements=elements)
     if as_json:
         click.echo(to_json(report.to_dict()))
@@ -62,14 +63,24 @@ def _print_table(report) -> None:
         header.append("interpolated (smooth input)")
     for line in format_table([(*header, ""), *rows]):
         click.echo(line)
-    verdict = "equivariant" if report.passed else "NOT equivariant"
     d = report.to_dict()
-    line = (
+    exact = ", ".join(report.exact_elements)
+    if report.passed:
+        verdict = "equivariant" if not report.interpolated_elements else f"exactly equivariant at {exact}"
+    else:
+        verdict = "NOT equivariant"
+    click.echo(
         f"{verdict}: worst relative error {report.max_error:.2e} in {d['worst_layer']} at element {d['worst_element']}"
     )
-    if show_interp:
-        line += f"; interpolated elements up to {report.max_interpolated_error:.2e} (not judged)"
-    click.echo(line)
+    if report.interpolated_elements:
+        approx = ", ".join(report.interpolated_elements)
+        if show_interp:
+            click.echo(
+                f"only approximately equivariant at {approx} (rotations off the pixel grid, interpolated): "
+                f"up to {report.max_interpolated_error:.2e} on smooth input (not judged)"
+            )
+        else:
+            click.echo(f"not measured (--elements exact): {approx}, only approximately equivariant (interpolated)")
     if report.continuous:
         exact = report.results[-1].exact
         click.echo(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gcnnkit.cli._common import set_option, to_json
+from gcnnkit.cli._common import require_tolerance, set_option, to_json
 from gcnnkit.core.equivariance import DEFAULT_TOLERANCE
 from gcnnkit.tools.timing import CLOCKS
 
@@ -79,8 +79,12 @@ def command(
       gcnnkit compare configs/digits_c8_escnn.yaml --plot equivariance.png
     """
     from gcnnkit.run.config import load_config
+    from gcnnkit.run.paths import check_output_path
     from gcnnkit.tools.compare import compare_config, format_report, parse_backends, plot_report
 
+    require_tolerance(tolerance)
+    if plot is not None:
+        check_output_path(plot, "--plot", folder=False)
     names = parse_backends(backends) if backends is not None else None
     report = compare_config(
         load_config(config, overrides),

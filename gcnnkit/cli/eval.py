@@ -4,6 +4,8 @@ per-class accuracy and confusion matrices (``--report``), or as a function of th
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from gcnnkit.cli._common import to_json
@@ -97,6 +99,10 @@ def command(
                 f"--out names one PNG, but {len(run_dirs)} runs were given; "
                 f"leave it out to write RUN_DIR/confusion.png each"
             )
+        if out is not None:
+            from gcnnkit.run.paths import check_output_path
+
+            check_output_path(out, "--out", folder=False)
         _report(run_dirs, list(protocols) or None, out, weights, as_json, device, test_size)
         return
     if not rotation_sweep:
@@ -118,6 +124,12 @@ def command(
     if protocols:
         raise GcnnkitError("--protocol and --rotation-sweep do not go together: the sweep turns the upright test set")
     step = 5.0 if step is None else step
+    if not (math.isfinite(step) and 0 < step <= 360):
+        raise GcnnkitError(f"--step {step!r}: expected an angle in degrees > 0 and <= 360, e.g. 5")
+    if plot is not None:
+        from gcnnkit.run.paths import check_output_path
+
+        check_output_path(plot, "--plot", folder=False)
     results = [rotation_sweep_run(d, step, device=device, test_size=test_size, weights=weights) for d in run_dirs]
     if plot is not None:
         from gcnnkit.tools.plots import plot_rotation_sweep

@@ -44,9 +44,12 @@ def command(
     """
     from pathlib import Path
 
+    from gcnnkit.run.paths import check_output_path
     from gcnnkit.tools.export import EXPORT_TOLERANCE, export_run
 
-    path = out or str(Path(run_dir) / DEFAULT_NAMES[fmt])
+    path = str(
+        check_output_path(out if out is not None else str(Path(run_dir) / DEFAULT_NAMES[fmt]), "--out", folder=False)
+    )
     report = export_run(run_dir, path, fmt, include_normalisation=include_normalisation, check=not no_check)
     failed = report.rel_error is not None and not report.rel_error <= EXPORT_TOLERANCE
     if as_json:

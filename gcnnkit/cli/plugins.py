@@ -12,7 +12,7 @@ from gcnnkit.tools.table import format_table
 @click.option("--json", "as_json", is_flag=True, help="Print {backends, groups, datasets: [...]} as JSON.")
 def command(as_json: bool) -> None:
     """List backend, group and data-set plugins with their distribution and version; failed ones with the reason."""
-    from gcnnkit.core.registry import AUTOLOAD_ENV, autoload_disabled, plugin_report
+    from gcnnkit.core.registry import discovery_note, plugin_allow_list, plugin_report
 
     infos = plugin_report()
     if as_json:
@@ -26,14 +26,18 @@ def command(as_json: bool) -> None:
             )
         )
         return
+    note, allow = discovery_note(), plugin_allow_list()
     if not infos:
-        if autoload_disabled():
-            click.echo(f"plugin discovery is off ({AUTOLOAD_ENV} is set) and nothing is registered in-process")
-        else:
+        if note is None:
             click.echo("no plugins installed (pip install gcnnkit-native)")
+        elif allow is None:
+            click.echo(f"{note} and nothing is registered in-process")
+        else:
+            click.echo(f"{note}: no installed plugin matches and nothing is registered in-process")
         return
-    if autoload_disabled():
-        click.echo(f"plugin discovery is off ({AUTOLOAD_ENV} is set): showing in-process registrations only")
+    if note is not None:
+        shown = "in-process registrations only" if allow is None else "the plugins it allows and in-process ones"
+        click.echo(f"{note}: showing {shown}")
     rows = [(i.kind, i.name, i.origin, _status(i)) for i in infos]
     for line in format_table([("kind", "name", "from", "status"), *rows]):
         click.echo(line)

@@ -28,6 +28,9 @@ def command(config: str, overrides: tuple[str, ...], out: str | None, resume: bo
     the run directory. The last printed line summarises the run.
     """
     from gcnnkit.run.config import load_config
+    from gcnnkit.run.paths import check_output_path
     from gcnnkit.run.training import train
 
+    if out is not None:
+        check_output_path(out, "--out")
     train(load_config(config, overrides), out_dir=out, resume=resume, log=click.echo)

@@ -13,8 +13,12 @@ Discovery is lazy: entry points are listed on first use, and a plugin's module i
 only when its name is asked for (or when :func:`plugin_report` loads everything). A plugin
 that fails to import, is written for another API version or collides with another plugin's
 name is reported with its name, distribution, version and the original error; every other
-plugin keeps working. ``GCNNKIT_DISABLE_PLUGIN_AUTOLOAD=1`` turns discovery off, leaving only
-what is registered in-process with :func:`register_backend` / :func:`register_group`.
+plugin keeps working, also when a plugin calls ``sys.exit`` on import (anything but Ctrl-C is
+caught); what a plugin prints while it is imported goes to stderr, so ``--json`` output stays
+valid. ``GCNNKIT_DISABLE_PLUGIN_AUTOLOAD=1`` turns discovery off, leaving only what is
+registered in-process with :func:`register_backend` / :func:`register_group`.
+``GCNNKIT_PLUGINS=native,escnn`` (like pytest's ``-p``) is an allow-list of distributions whose
+entry points are loaded (``native`` stands for ``gcnnkit-native``), with or without autoload.
 
 Name resolution (``docs/group-plugins.md``): an exact name (``C4``) always wins over a family
 pattern (``C{N}``) that also matches it, so a family never collides with exact names; two
@@ -25,9 +29,11 @@ needs are installed in the right versions.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -38,6 +44,7 @@ import torch
 from gcnnkit.core.backend import BACKEND_API_VERSION, Backend
 from gcnnkit.core.errors import PluginError
 from gcnnkit.core.group import GROUP_API_VERSION, Group, GroupAxiomError, check_group_axioms
+from gcnnkit.core.limits import check_group_order
 
 #: Version of the data-set plugin contract (:mod:`gcnnkit.run.data.plugins`, docs/data.md).
 DATASET_API_VERSION = 1
@@ -46,6 +53,7 @@ API_VERSIONS = {"backend": BACKEND_API_VERSION, "group": GROUP_API_VERSION, "dat
 #: What a data-set plugin object must have (the contract is :class:`gcnnkit.run.data.plugins.DatasetSource`).
 _DATASET_ATTRIBUTES = ("classes", "channels", "image_size", "load")
 AUTOLOAD_ENV = "GCNNKIT_DISABLE_PLUGIN_AUTOLOAD"
+PLUGINS_ENV = "GCNNKIT_PLUGINS"
 _FAMILY_FIELD = "{N}"
 #: Groups up to this order get the full axiom check (associativity is O(|G|³)) when loaded.
 _FULL_CHECK_MAX_ORDER = 128
@@ -54,6 +62,35 @@ _FULL_CHECK_MAX_ORDER = 128
 def autoload_disabled() -> bool:
     """True when ``GCNNKIT_DISABLE_PLUGIN_AUTOLOAD`` is ``1``/``true``/``yes``: entry points are ignored."""
     return os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def plugin_allow_list() -> set[str] | None:
+    """The distributions ``GCNNKIT_PLUGINS`` names (normalised, e.g. ``{"native", "gcnnkit-escnn"}``),
+    or ``None`` when it is unset or empty."""
+    names = {_normalise(n) for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()}
+    return names or None
+
+
+def allowed_distribution(dist_name: str, allow: set[str] | None) -> bool:
+    """Whether entry points of ``dist_name`` load under the allow-list (everything without one)."""
+    if allow is None:
+        return True
+    name = _normalise(dist_name)
+    return name in allow or (name.startswith("gcnnkit-") and name[len("gcnnkit-") :] in allow)
+
+
+def discovery_note() -> str | None:
+    """One line saying how discovery is restricted by the environment, ``None`` when it is not."""
+    allow = plugin_allow_list()
+    if allow is not None:
+        return f"plugin discovery limited to {PLUGINS_ENV}={os.environ[PLUGINS_ENV].strip()}"
+    if autoload_disabled():
+        return f"plugin discovery is off ({AUTOLOAD_ENV} is set)"
+    return None
 
 
 def _gcnnkit_version() -> str:
@@ -119,7 +156,8 @@ class Registry:
     def _discover(self) -> dict[str, list[PluginInfo]]:
         if self._infos is None:
             infos: dict[str, list[PluginInfo]] = {kind: [] for kind in ENTRY_POINT_GROUPS}
-            if not autoload_disabled():
+            allow = plugin_allow_list()
+            if not autoload_disabled() or allow is not None:
                 for kind, ep_group in ENTRY_POINT_GROUPS.items():
                     seen: set[tuple[str, str, str]] = set()
                     for ep in metadata.entry_points(group=ep_group):
@@ -127,7 +165,7 @@ class Registry:
                         dist_name = dist.metadata["Name"] if dist is not None else "unknown"
                         version = dist.version if dist is not None else "unknown"
                         key = (ep.name, ep.value, dist_name)
-                        if key in seen:  # the same distribution visible twice on sys.path
+                        if key in seen or not allowed_distribution(dist_name, allow):  # seen: twice on sys.path
                             continue
                         seen.add(key)
                         infos[kind].append(PluginInfo(kind, ep.name, ep.value, dist_name, version, loader=ep.load))
@@ -188,7 +226,12 @@ class Registry:
         candidates, _ = self._candidates(kind, name)
         if not candidates:
             installed = ", ".join(self.names(kind)) or "none"
-            hint = f" ({AUTOLOAD_ENV} is set, so entry points are not loaded)" if autoload_disabled() else ""
+            if plugin_allow_list() is not None:
+                hint = f" ({PLUGINS_ENV} is set: only the distributions it names are loaded)"
+            elif autoload_disabled():
+                hint = f" ({AUTOLOAD_ENV} is set, so entry points are not loaded)"
+            else:
+                hint = ""
             raise PluginError(f"unknown {kind} {name!r}; installed: {installed}{hint}")
         if len(candidates) > 1:
             origins = " and ".join(f"{c.origin} ({c.target})" for c in candidates)
@@ -210,10 +253,13 @@ class Registry:
     def _load_raw(self, info: PluginInfo) -> Any:
         """Import the entry point's object and check the API version it declares, if any."""
         try:
-            raw = info.loader()
-        except Exception as exc:  # a broken plugin must not take the others down
-            info.error = f"{type(exc).__name__}: {exc}"
-            raise PluginError(f"{self._where(info)} failed to load: {info.error}") from exc
+            with contextlib.redirect_stdout(sys.stderr):  # a print on import must not break --json
+                raw = info.loader()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
+            info.error = _describe_failure(exc)
+            raise PluginError(f"{self._where(info)} failed to load: {info.error}") from None
         declared = getattr(raw, "api_version", None)
         if declared is not None:  # a factory or class may declare its version before being called
             self._check_version(info, declared)
@@ -248,12 +294,17 @@ class Registry:
                 info.error = problem
             return PluginError(f"{where}{sep}{problem}")
 
+        if n is not None:
+            check_group_order(name, n)  # before a family builds C100000's 10^10-entry Cayley table
         try:
-            obj = self._instantiate(info, raw, n)
+            with contextlib.redirect_stdout(sys.stderr):
+                obj = self._instantiate(info, raw, n)
         except PluginError as exc:
             raise fail(str(exc), ": ") from exc
-        except Exception as exc:
-            raise fail(f"failed to build {name!r}: {type(exc).__name__}: {exc}") from exc
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            raise fail(f"failed to build {name!r}: {_describe_failure(exc)}") from None
         self._check_version(info, getattr(obj, "api_version", None))
         if info.kind == "group":
             if obj.name != name:
@@ -308,6 +359,13 @@ class Registry:
                 except PluginError as exc:
                     info.error = info.error or str(exc)
         return [info for kind in ENTRY_POINT_GROUPS for info in infos[kind]]
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """``TypeName: message`` on one line; ``called sys.exit(CODE)`` for a :class:`SystemExit`."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _group_problem(group: Group) -> str | None:

@@ -22,6 +22,7 @@ from gcnnkit.core.group import Group
 from gcnnkit.core.layers import EquivariantConv, EquivariantLayer
 from gcnnkit.core.residual import ResidualBlock, build_projection, residual_activation
 from gcnnkit.core.steerable_layers import gated_output_type, restricted_type
+from gcnnkit.models.grid import conv_output_size, grid_problem, resolve_padding
 from gcnnkit.models.spec import LayerSpec, parse_layers
 
 #: How ``out`` of ``lift``/``gconv`` layers is read.
@@ -126,23 +127,11 @@ class EquivariantNet(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def resolve_padding(padding: int | str, kernel: int, dilation: int) -> int:
-    """``"same"`` → ``dilation·(kernel-1)/2`` (odd kernels); an int is returned unchanged."""
-    if padding == "same":
-        return dilation * (kernel - 1) // 2
-    return int(padding)
-
-
 def field_count(out: int, group: Group, widths: str) -> int:
     """Number of fields for a ``lift``/``gconv`` ``out`` under the width mode (see :data:`WIDTH_MODES`)."""
     if widths == "fields":
         return out
     return max(1, round(out / math.sqrt(group.order)))
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
-    """Side of a convolution's (or pooling's) output on a ``size``² input."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @dataclass
@@ -449,6 +438,7 @@ def build_network(
     num_classes: int,
     widths: str = "fields",
     image_size: int | None = None,
+    allow_non_equivariant: bool = False,
 ) -> EquivariantNet:
     """Build validated layer specs on ``backend`` for ``group``, one :data:`LAYER_BUILDERS` entry per layer.
 
@@ -459,16 +449,22 @@ def build_network(
         in_channels: image channels ``C`` of the ``[B, C, H, W]`` input.
         num_classes: value of ``linear`` layers with ``out: classes``.
         widths: ``fields`` or ``params`` (see :data:`WIDTH_MODES`).
-        image_size: side of the square input; needed only by ``orbit_pool``, whose output size
-            (channels × height × width) depends on it.
+        image_size: side of the square input; needed by ``orbit_pool``, whose output size
+            (channels × height × width) depends on it, and to check that every stride and pool
+            keeps the pixel grid symmetric (:mod:`gcnnkit.models.grid`).
+        allow_non_equivariant: build even when a stride or pool samples the grid off its centre.
 
     Raises:
-        SpecError: layers in an impossible order or with a kernel that breaks equivariance.
+        SpecError: layers in an impossible order, or with a kernel, stride or pool that breaks equivariance.
         UnsupportedGroupError: the backend cannot build this group.
     """
     if widths not in WIDTH_MODES:
         raise SpecError(f"model.widths: {widths!r} is not allowed; allowed: {', '.join(WIDTH_MODES)}")
     backend.require(group)
+    if image_size is not None and not allow_non_equivariant:
+        problem = grid_problem(specs, image_size, group.name, group.order)
+        if problem is not None:
+            raise SpecError(problem)
     b = _Builder(backend, group, num_classes, widths, FieldType("image", in_channels), image_size)
     b.element_map = tuple(range(group.order))
     layers, in_types, out_types, groups, maps = _build_layers(b, specs)
@@ -490,12 +486,14 @@ def build_model(
     layers: Sequence | None = None,
     widths: str | None = None,
     backend_options: dict | None = None,
+    allow_non_equivariant: bool = False,
 ) -> EquivariantNet:
     """Build a network by names: the documented entry point for notebooks and the CLI.
 
     Exactly one of ``preset`` (a name in :data:`gcnnkit.models.presets.PRESETS`) or ``layers`` (a spec
     list, see :mod:`gcnnkit.models.spec`) is given. ``widths`` defaults to the preset's mode, or
-    ``fields`` for explicit layers.
+    ``fields`` for explicit layers. A stride or pool that samples the ``image_size`` grid off its
+    centre is refused unless ``allow_non_equivariant`` (see :mod:`gcnnkit.models.grid`).
 
     Example::
 
@@ -515,4 +513,6 @@ def build_model(
         specs = parse_layers(layers)
         widths = widths or "fields"
     backend_obj = get_backend(backend).with_options(**(backend_options or {}))
-    return build_network(specs, backend_obj, get_group(group), in_channels, num_classes, widths, image_size)
+    return build_network(
+        specs, backend_obj, get_group(group), in_channels, num_classes, widths, image_size, allow_non_equivariant
+    )

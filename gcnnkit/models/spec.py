@@ -197,8 +197,8 @@ def _check_values(layer_type: str, params: dict[str, Any], where: str) -> None:
             raise SpecError(f"{where}.padding: must be >= 0, got {pad}")
     if layer_type == "norm_act" and params["fn"] == "squash" and params["bias"]:
         raise SpecError(f"{where}: norm_act fn 'squash' takes no bias; set bias: false")
-    if layer_type == "layernorm" and not params["eps"] > 0:
-        raise SpecError(f"{where}.eps: must be > 0, got {params['eps']}")
+    if layer_type == "layernorm" and not 0 < params["eps"] < float("inf"):
+        raise SpecError(f"{where}.eps: must be a finite number > 0, got {params['eps']}")
     if layer_type == "linear":
         out = params["out"]
         if (isinstance(out, str) and out != "classes") or (isinstance(out, int) and out < 1):

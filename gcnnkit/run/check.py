@@ -30,6 +30,10 @@ class EquivarianceReport:
     results: list[EquivarianceResult]
     elements: str = "all"  # "all", or "exact": only the elements that permute pixels
     num_parameters: int = 0
+    #: names of the elements that permute pixels (rotations by multiples of 90°, reflections): judged
+    exact_elements: tuple[str, ...] = ()
+    #: names of the elements that interpolate (e.g. 72° in C5): only approximately equivariant
+    interpolated_elements: tuple[str, ...] = ()
     continuous_group: bool = False
     element_names: tuple[str, ...] = ()  # the group's elements, in its order
 
@@ -80,6 +84,8 @@ class EquivarianceReport:
             "num_parameters": self.num_parameters,
             "tolerance": self.tolerance,
             "elements": self.elements,
+            "exact_elements": list(self.exact_elements),
+            "interpolated_elements": list(self.interpolated_elements),
             "passed": self.passed,
             "max_rel_error": self.max_error,
             "max_interpolated_rel_error": self.max_interpolated_error,
@@ -116,7 +122,7 @@ def check_equivariance(
     seed = config.seed if seed is None else seed
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
         torch.manual_seed(seed)
-        model = build_model_from_config(config, info).eval()
+        model = build_model_from_config(config, info, purpose="check").eval()
     group = model.group
     exact = [g for g in range(group.order) if group.is_exact(g)]
     interpolated = [g for g in range(group.order) if not group.is_exact(g)]
@@ -134,6 +140,8 @@ def check_equivariance(
         results,
         elements,
         model.num_parameters(),
+        tuple(group.element_names[g] for g in exact),
+        tuple(group.element_names[g] for g in interpolated),
         bool(getattr(group, "continuous", False)),
         group.element_names,
     )

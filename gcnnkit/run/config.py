@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import operator
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,12 @@ STOPPING_METRICS = ("val_acc", "val_loss")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
 WIDTHS = ("params", "fields")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+#: largest seed: torch, numpy and Python all accept it
+MAX_SEED = 2**32 - 1
+#: a config file larger than this is refused before it is read (configs are a few KB)
+MAX_CONFIG_BYTES = 1_000_000
+#: YAML nodes a config may expand to once its aliases are resolved (an alias bomb expands to billions)
+MAX_YAML_NODES = 100_000
 
 
 def option(
@@ -85,6 +92,8 @@ class ModelConfig:
     layers: list | None = option(None, "list", nullable=True)
     widths: str | None = option(None, "str", choices=WIDTHS, nullable=True)
     backend_options: dict = option({}, "mapping")
+    #: build even when a stride or pool samples the pixel grid off its centre (gcnnkit.models.grid)
+    allow_non_equivariant: bool = option(False, "bool")
 
 
 @dataclass
@@ -168,7 +177,7 @@ class EvalConfig:
     """Test-time protocols (see :mod:`gcnnkit.run.evaluation`)."""
 
     protocols: list = option(["upright", "rotated", "rot90"], "str_list", choices=PROTOCOLS)
-    rotation_seed: int = option(1234, "int", ge=0)
+    rotation_seed: int = option(1234, "int", ge=0, le=MAX_SEED)
     batch_size: int = option(256, "int", ge=1)
     #: test after every epoch (metrics.jsonl gets test_<protocol>); null: only when there is no
     #: validation set (today's per-epoch test curves), else the test set is touched only at the end
@@ -179,7 +188,7 @@ class EvalConfig:
 class Config:
     """A validated run configuration. Build it with :func:`load_config` or :meth:`from_dict`."""
 
-    seed: int = option(0, "int", ge=0)
+    seed: int = option(0, "int", ge=0, le=MAX_SEED)
     device: str = option("auto", "str")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -240,10 +249,41 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Number of nodes ``node`` stands for once every alias is expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a recursive alias counts once instead of forever
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    return memo[key]
+
+
 def parse_yaml(text: str, where: str) -> Any:
-    """Parse YAML text; errors become ``<where>: invalid YAML at line N: <problem>``."""
+    """Parse YAML text; errors become ``<where>: invalid YAML at line N: <problem>``.
+
+    A document that expands to more than :data:`MAX_YAML_NODES` nodes through aliases (a "billion
+    laughs" bomb) or nests deeper than Python can recurse is refused before it is built.
+    """
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+        loader = _UniqueKeyLoader(text)  # a SafeLoader subclass: no arbitrary objects
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            size = _expanded_size(node, {})
+            if size > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"{where}: the YAML expands to {size:,} values through its aliases (&anchor/*alias), "
+                    f"more than the {MAX_YAML_NODES:,} a config may have"
+                )
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply (a config is a few levels deep)") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -264,12 +304,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         ConfigError: a missing or malformed file, an unknown key, a bad value or override.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    text = read_config_text(path)
     raw = parse_yaml(text, str(path))
     if raw is None:
         raw = {}
@@ -277,6 +312,38 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f"{path}: expected a mapping of {_allowed(Config)}, got {_describe(raw)}")
     raw = apply_overrides(raw, overrides)
     return Config.from_dict(raw, source=path)
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file: a regular file of at most :data:`MAX_CONFIG_BYTES`, UTF-8.
+
+    A FIFO, a device (``/dev/zero``) or a folder is refused before it is opened, so reading never
+    hangs or fills the memory.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        )
+        raise ConfigError(f"{path}: is {kind}, not a regular file; give a YAML config file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {st.st_size:,} bytes is too large for a config (at most {MAX_CONFIG_BYTES:,})")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: too large for a config (at most {MAX_CONFIG_BYTES:,} bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); give a YAML config file") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

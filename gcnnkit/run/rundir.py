@@ -34,11 +34,12 @@ import torch
 
 from gcnnkit.core.errors import ConfigError, GcnnkitError, SpecError
 from gcnnkit.core.modes import eval_mode
-from gcnnkit.core.registry import require_plugins
+from gcnnkit.core.registry import get_group, require_plugins
 from gcnnkit.models.network import EquivariantNet, build_model
 from gcnnkit.run.config import Config
 from gcnnkit.run.data import DatasetInfo, Split, dataset_info, load_dataset
 from gcnnkit.run.divergence import first_nonfinite
+from gcnnkit.run.resources import check_model_resources
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -95,7 +96,12 @@ def resolve_device(spec: str, *, option: str = "device", local_rank: int | None 
 
 # ------------------------------------------------------------------------------- models
 def build_model_from_config(
-    config: Config, info: DatasetInfo | None = None, *, backend: str | None = None, backend_options: dict | None = None
+    config: Config,
+    info: DatasetInfo | None = None,
+    *,
+    backend: str | None = None,
+    backend_options: dict | None = None,
+    purpose: str = "train",
 ) -> EquivariantNet:
     """Build ``config.model`` for the input shape and class count of ``config.data``.
 
@@ -103,11 +109,13 @@ def build_model_from_config(
     missing one). ``info`` (from :func:`gcnnkit.run.data.dataset_info`) is looked up when not given.
     ``backend`` (with its ``backend_options``) builds the same spec on another backend than the
     config's (``gcnnkit compare``). Weights are initialised from the global torch RNG: seed it first
-    for reproducible weights.
+    for reproducible weights. Before building, the memory (and for ``purpose="check"`` the time) the
+    model needs is estimated and refused beyond the limits (:mod:`gcnnkit.run.resources`).
     """
     require_plugins(config.required_plugins)
     info = info or dataset_info(config.data)
     m = config.model
+    check_model_resources(config, info, get_group(m.group).order, purpose)
     if backend is None:
         backend, backend_options = m.backend, m.backend_options
     model = build_model(
@@ -120,6 +128,7 @@ def build_model_from_config(
         layers=m.layers,
         widths=m.widths,
         backend_options=backend_options,
+        allow_non_equivariant=m.allow_non_equivariant,
     )
     _probe(model, info)
     return model
@@ -377,7 +386,7 @@ def load_run(
     stored = checkpoint.get("data")  # what the run saw; file sources need not be on this machine
     info = _stored_info(stored) if stored and not with_data else dataset_info(data_cfg)
     test = load_dataset(data_cfg, seed=config.seed).test if with_data else None
-    model = build_model_from_config(config, info)
+    model = build_model_from_config(config, info, purpose="eval")
     if checkpoint.get("ema"):  # train.ema: the averaged weights are the ones evaluated
         load_weights(model, {**checkpoint, "model": checkpoint["ema"]}, run_dir / name)
     else:

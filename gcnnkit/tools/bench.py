@@ -34,9 +34,11 @@ import torch
 from torch import nn
 
 from gcnnkit.core.errors import GcnnkitError, UnsupportedGroupError
-from gcnnkit.core.registry import loadable_backends
+from gcnnkit.core.registry import get_group, loadable_backends
 from gcnnkit.models.network import EquivariantNet, build_model
+from gcnnkit.models.presets import get_preset
 from gcnnkit.run import rundir
+from gcnnkit.run.resources import check_memory, estimate, model_specs
 from gcnnkit.tools import timing
 from gcnnkit.tools.export import export_model, flatten_field, floor_model, plain_layers
 from gcnnkit.tools.table import format_table
@@ -133,6 +135,8 @@ class BenchCase:
     widths: str | None = None
     image_size: int | None = None
     backend_options: dict[str, dict] = field(default_factory=dict)
+    #: a config's ``model.allow_non_equivariant``: build off-centre strides and pools too
+    allow_non_equivariant: bool = False
 
     def build(self, backend: str, image_size: int) -> EquivariantNet:
         return build_model(
@@ -145,6 +149,7 @@ class BenchCase:
             layers=self.layers,
             widths=self.widths,
             backend_options=self.backend_options.get(backend),
+            allow_non_equivariant=self.allow_non_equivariant,
         )
 
 
@@ -199,6 +204,7 @@ def config_cases(paths: Sequence[str], overrides: Sequence[str] = (), backends: 
                 widths=m.widths,
                 image_size=info.image_size,
                 backend_options={m.backend: dict(m.backend_options)},
+                allow_non_equivariant=m.allow_non_equivariant,
             )
         )
     return cases
@@ -381,6 +387,8 @@ def run_bench(
         raise GcnnkitError("--precisions fp16 needs a CUDA device (autocast float16 on the CPU is not a speed path)")
     if repeats < 1:
         raise GcnnkitError(f"--repeats must be >= 1, got {repeats}")
+    if not (min_time >= 0 and min_time < float("inf")):
+        raise GcnnkitError(f"--min-time must be a finite number of seconds >= 0, got {min_time}")
     if any(b < 1 for b in batch_sizes) or not batch_sizes:
         raise GcnnkitError(f"--batch-sizes: every batch size must be >= 1, got {list(batch_sizes)}")
     if clock not in CLOCKS:
@@ -428,13 +436,38 @@ def run_bench(
     return report
 
 
+def _require_memory(case: BenchCase, size: int, st: _Settings) -> None:
+    """Refuse a case whose training step on the largest batch would not fit (:mod:`gcnnkit.run.resources`)."""
+    specs = model_specs(case.preset, case.layers, size, case.in_channels)
+    widths = case.widths or (get_preset(case.preset).widths if case.preset else "fields")
+    est = estimate(specs, get_group(case.group).order, case.in_channels, size, case.num_classes, widths)
+    check_memory(est, batch=max(st.batch_sizes), training=True, what=f"{case.name} at {size}×{size}")
+
+
+@torch.no_grad()
+def _require_runs(net: nn.Module, case: BenchCase, backend: str, size: int, batch: int) -> None:
+    """A one-line error now, not a traceback mid-benchmark, when the model cannot take a
+    ``[batch, C, size, size]`` input in training mode (a map pooled to nothing, batch norm on 1 value)."""
+    x = torch.zeros(batch, case.in_channels, size, size)
+    try:
+        net.train()(x)
+    except (RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise GcnnkitError(
+            f"{case.name} on {backend} cannot run on [{batch}, {case.in_channels}, {size}, {size}] input in training "
+            f"mode ({reason}); give larger --sizes or --batch-sizes"
+        ) from None
+
+
 def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> list[dict[str, Any]]:
     backends, first_build = [], {}
+    _require_memory(case, size, st)
     for backend in case.backends:
         try:
             t0 = time.perf_counter()
-            case.build(backend, size)
+            net = case.build(backend, size)
             first_build[backend] = time.perf_counter() - t0
+            _require_runs(net, case, backend, size, min(st.batch_sizes))
         except UnsupportedGroupError as exc:
             skipped.append({"model": case.name, "backend": backend, "image_size": size, "reason": str(exc)})
             st.log(f"skipped {case.name} on {backend}: {exc}")
@@ -450,6 +483,7 @@ def _bench_case(case: BenchCase, size: int, st: _Settings, skipped: list) -> lis
     t0 = time.perf_counter()
     floor = floor_model(first)
     build_time[FLOOR] = time.perf_counter() - t0
+    _require_runs(floor, case, FLOOR, size, min(st.batch_sizes))
     plain = None
     if st.export:
         t0 = time.perf_counter()

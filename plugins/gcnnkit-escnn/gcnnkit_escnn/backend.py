@@ -14,7 +14,9 @@ weights live in escnn's steerable basis, so it converts them to and from the tra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -39,6 +41,32 @@ from gcnnkit_escnn.steerable import (
 )
 
 _OPTIONS = {"basis": BASES}
+
+_Factory = TypeVar("_Factory", bound=Callable[..., nn.Module])
+
+
+def _in_default_dtype(factory: _Factory) -> _Factory:
+    """Build the escnn module in float32, then move it to the caller's default dtype.
+
+    escnn computes its kernel bases assuming float32 is the default dtype (it compares float32
+    tensors with ``torch.eye`` of the default dtype), so under ``torch.set_default_dtype(torch.float64)``
+    building a layer fails with "Float did not match Double". The module is built in float32 and
+    its parameters and buffers are then cast to the default dtype, as any torch layer would hold.
+    """
+
+    @functools.wraps(factory)
+    def build(*args, **kwargs) -> nn.Module:
+        dtype = torch.get_default_dtype()
+        if dtype == torch.float32:
+            return factory(*args, **kwargs)
+        torch.set_default_dtype(torch.float32)
+        try:
+            module = factory(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(dtype)
+        return module.to(dtype=dtype)
+
+    return build  # type: ignore[return-value]
 
 
 class EscnnBackend(Backend):
@@ -78,6 +106,7 @@ class EscnnBackend(Backend):
         return None
 
     # ------------------------------------------------------------ convolutions
+    @_in_default_dtype
     def lifting_conv(
         self,
         group: Group,
@@ -95,6 +124,7 @@ class EscnnBackend(Backend):
             group, "image", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
         )
 
+    @_in_default_dtype
     def group_conv(
         self,
         group: Group,
@@ -112,6 +142,7 @@ class EscnnBackend(Backend):
             group, "group", in_type.channels, out_fields, kernel_size, stride, padding, dilation, bias, self.basis
         )
 
+    @_in_default_dtype
     def steerable_conv(
         self,
         group: Group,
@@ -138,6 +169,7 @@ class EscnnBackend(Backend):
             group_layout=out_type.kind == "group",
         )
 
+    @_in_default_dtype
     def batch_norm(self, group: Group, in_type: FieldType) -> nn.Module:
         if in_type.kind == "steerable":
             return EscnnFieldBatchNorm(group, in_type.reps)
@@ -173,6 +205,7 @@ class EscnnBackend(Backend):
         return EscnnRestriction(group, in_type.field_reps(group), subgroup_id)
 
     # ----------------------------------------------------------- pointwise layers
+    @_in_default_dtype
     def activation(self, group: Group, in_type: FieldType, name: str = "relu") -> nn.Module:
         if name not in ACTIVATIONS:
             raise SpecError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
@@ -183,11 +216,13 @@ class EscnnBackend(Backend):
             return super().activation(group, in_type, name)  # per channel: commutes with any permutation
         return EscnnPointwise(group, in_type.kind, in_type.channels, name)
 
+    @_in_default_dtype
     def dropout(self, group: Group, in_type: FieldType, p: float = 0.5) -> nn.Module:
         if in_type.kind in ("vector", "steerable"):  # identity in eval mode
             return super().dropout(group, in_type, p)
         return EscnnPointwise(group, in_type.kind, in_type.channels, "dropout", p=p)
 
+    @_in_default_dtype
     def spatial_pool(
         self,
         group: Group,
