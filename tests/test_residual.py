@@ -51,7 +51,9 @@ LAYERS = [
 ]
 
 
-def _net(backend: str = "native", group: str = "C4", layers=None, size: int = 9, **options):
+def _net(
+    backend: str = "native", group: str = "C4", layers=None, size: int = 9, allow_non_equivariant=False, **options
+):
     net = build_model(
         backend,
         group,
@@ -60,6 +62,7 @@ def _net(backend: str = "native", group: str = "C4", layers=None, size: int = 9,
         image_size=size,
         num_classes=3,
         backend_options=options or None,
+        allow_non_equivariant=allow_non_equivariant,
     )
     randomize_parameters(net, seed=1)
     return net.eval()
@@ -206,9 +209,11 @@ def test_a_strided_block_is_exactly_equivariant_on_an_odd_map_only():
     """Why the CIFAR-10 configs pad 32×32 images to 33×33: a stride-2 3×3 grid is centred on an odd map."""
     layers = [{"type": "lift", "out": 3}, block(4, stride=2, shortcut="projection"), "group_pool", "global_pool"]
     for size, equivariant in ((8, False), (9, True)):
-        net = _net(layers=[*layers, "linear"], size=size)
+        net = _net(layers=[*layers, "linear"], size=size, allow_non_equivariant=True)
         error = max(r.max_error for r in check_network(net, (2, size, size)))
         assert (error < 1e-5) == equivariant, (size, error)
+    with pytest.raises(SpecError, match=r"^layer 1 \(residual\) body layer 0 \(gconv\).*allow_non_equivariant: true$"):
+        _net(layers=[*layers, "linear"], size=8)  # refused at build time unless allowed
 
 
 # ------------------------------------------------------------------------------ transfer, export

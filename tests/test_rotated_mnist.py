@@ -109,7 +109,7 @@ def test_rotmnist_from_shared_mnist(mnist_root):
 
 
 def test_rotmnist_subsets_rotate_only_the_images_they_keep(mnist_root, monkeypatch):
-    import gcnnkit.run.data as data_module
+    import gcnnkit.run.data.builtin as data_module  # where the rotated-MNIST reconstruction rotates
 
     rotated = []
 

@@ -44,7 +44,7 @@ def test_sweep_angles():
     assert sweep_angles(7)[-1] == 357.0 and len(sweep_angles(7)) == 52
     assert sweep_angles(360) == [0.0]
     for bad in (0, -5, 361, float("nan")):
-        with pytest.raises(GcnnkitError, match="--step: expected an angle in"):
+        with pytest.raises(GcnnkitError, match="expected an angle in degrees > 0 and <= 360"):
             sweep_angles(bad)
 
 
@@ -145,7 +145,7 @@ def test_cli_eval_of_several_runs_without_a_sweep(tiny_run, tiny_run_copy):
             ["--rotation-sweep", "--protocol", "rot90"],
             "--protocol and --rotation-sweep do not go together: the sweep turns the upright test set",
         ),
-        (["--rotation-sweep", "--step", "0"], "--step: expected an angle in (0, 360] degrees, got 0.0"),
+        (["--rotation-sweep", "--step", "0"], "--step 0.0: expected an angle in degrees > 0 and <= 360, e.g. 5"),
     ],
 )
 def test_cli_sweep_errors_are_one_line(tiny_run, args, message):

@@ -4,8 +4,6 @@ per-class accuracy and confusion matrices (``--report``), or as a function of th
 
 from __future__ import annotations
 
-import math
-
 import click
 
 from gcnnkit.cli._common import to_json
@@ -87,7 +85,7 @@ def command(
       gcnnkit eval runs/c4 --report                            # + per class, confusion matrix
       gcnnkit eval runs/cnn runs/c4 --rotation-sweep --step 10 --plot sweep.png
     """
-    from gcnnkit.run.evaluation import evaluate_run, rotation_sweep_run
+    from gcnnkit.run.evaluation import evaluate_run, rotation_sweep_run, sweep_angles
 
     if out is not None and not report:
         raise GcnnkitError("--out needs --report")
@@ -124,8 +122,7 @@ def command(
     if protocols:
         raise GcnnkitError("--protocol and --rotation-sweep do not go together: the sweep turns the upright test set")
     step = 5.0 if step is None else step
-    if not (math.isfinite(step) and 0 < step <= 360):
-        raise GcnnkitError(f"--step {step!r}: expected an angle in degrees > 0 and <= 360, e.g. 5")
+    sweep_angles(step)  # refuse a bad --step before any work
     if plot is not None:
         from gcnnkit.run.paths import check_output_path
 

@@ -145,7 +145,7 @@ def evaluate_run(
 def sweep_angles(step: float = 5.0) -> list[float]:
     """``[0, step, 2·step, …]`` below 360 (degrees); ``step`` in (0, 360]."""
     if not (isinstance(step, (int, float)) and math.isfinite(step) and 0 < step <= 360):
-        raise GcnnkitError(f"--step: expected an angle in (0, 360] degrees, got {step!r}")
+        raise GcnnkitError(f"--step {step!r}: expected an angle in degrees > 0 and <= 360, e.g. 5")
     n = math.ceil(360.0 / step - 1e-9)
     return [float(round(i * step, 9)) for i in range(n)]
 
