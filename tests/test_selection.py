@@ -22,7 +22,8 @@ from torch import nn
 from gcnnkit.cli import main
 from gcnnkit.core.errors import ConfigError, DataError
 from gcnnkit.run.config import Config
-from gcnnkit.run.data import Split, load_dataset
+from gcnnkit.run.data import load_dataset
+from gcnnkit.run.data.splits import carve
 from gcnnkit.run.ema import EMA
 from gcnnkit.run.evaluation import evaluate_run
 from gcnnkit.run.precision import Precision
@@ -31,7 +32,6 @@ from gcnnkit.run.rundir import BEST_FILE, CHECKPOINT_FILE, load_checkpoint, load
 from gcnnkit.run.selection import Selector
 from gcnnkit.run.steps import optimiser_step
 from gcnnkit.run.training import train
-from gcnnkit.run.validation import stratified_split, with_validation
 
 PROTOCOLS = ("upright", "rotated", "rot90")
 #: 3 epochs on 200 digits, a quarter of them held out for validation, selected by val_acc
@@ -71,34 +71,28 @@ def val_run(tmp_path_factory) -> Path:
 def test_the_validation_split_is_stratified_disjoint_and_seeded(counts, fraction, seed):
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
     labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]
-    images = torch.arange(len(labels), dtype=torch.float32).view(-1, 1, 1, 1)  # image i holds the value i
-    split = Split(images, labels)
-    rest, val = stratified_split(split, fraction, seed)
-    ids_rest, ids_val = rest.images.flatten().long(), val.images.flatten().long()
-    assert sorted(ids_rest.tolist() + ids_val.tolist()) == list(range(len(labels)))  # disjoint, nothing lost
-    assert ids_val.tolist() == sorted(ids_val.tolist()) and ids_rest.tolist() == sorted(ids_rest.tolist())
-    assert torch.equal(labels[ids_val], val.labels) and torch.equal(labels[ids_rest], rest.labels)
+    rest, val = carve(labels, fraction, seed, "data.val_split")
+    assert sorted(rest.tolist() + val.tolist()) == list(range(len(labels)))  # disjoint, nothing lost
+    assert val.tolist() == sorted(val.tolist()) and rest.tolist() == sorted(rest.tolist())
     for c, n in enumerate(counts):
-        k = int((val.labels == c).sum())
+        k = int((labels[val] == c).sum())
         assert k == min(n - 1, max(1, round(fraction * n)))  # every class keeps its share on both sides
-    again = stratified_split(split, fraction, seed)[1]
-    assert torch.equal(again.images, val.images)
+    assert torch.equal(carve(labels, fraction, seed, "data.val_split")[1], val)
 
 
 def test_the_split_depends_on_the_seed_and_recomputes_the_statistics():
     data = load_dataset(tiny().data)
-    a, val_a = with_validation(data, 0.2, seed=0)
-    _, val_b = with_validation(data, 0.2, seed=1)
-    assert len(val_a) == len(val_b) and not torch.equal(val_a.labels, val_b.labels)
-    assert len(a.train) + len(val_a) == len(data.train) and a.test is data.test
+    with_val = tiny(data={"val_split": 0.2}).data
+    a, b = load_dataset(with_val, seed=0), load_dataset(with_val, seed=1)
+    assert len(a.val) != len(b.val) or not torch.equal(a.val.labels, b.val.labels)  # another draw
+    assert len(a.train) + len(a.val) == len(data.train) and torch.equal(a.test.labels, data.test.labels)
     assert torch.allclose(a.mean, a.train.images.mean(dim=(0, 2, 3)))
-    assert with_validation(data, 0.0, seed=0) == (data, None)
+    assert data.val is None
 
 
 def test_a_class_too_small_to_split_is_a_clear_error():
-    split = Split(torch.zeros(5, 1, 2, 2), torch.tensor([0, 0, 0, 0, 1]))
-    with pytest.raises(DataError, match="data.val_split: class 1 has 1 training image"):
-        stratified_split(split, 0.5, 0)
+    with pytest.raises(DataError, match="data.val_split: class 1 has 1 image"):
+        carve(torch.tensor([0, 0, 0, 0, 1]), 0.5, 0, "data.val_split")
 
 
 @pytest.mark.parametrize(
@@ -495,7 +489,7 @@ def test_selection_ema_and_accumulation_under_ddp(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (run_dir / BEST_FILE).is_file() and "ema" in load_checkpoint(run_dir / CHECKPOINT_FILE)
     config = Config.from_dict(raw)
-    _, val = with_validation(load_dataset(config.data, seed=0), 0.25, seed=0)
+    val = load_dataset(config.data, seed=0).val  # data.val_split: 0.25, carved as in training
     run = load_run(run_dir, device="cpu")
     alone = validate(run.model, val, mean=run.mean, std=run.std, batch_size=10)
     assert alone == pytest.approx(summary["val"], abs=1e-6)

@@ -72,7 +72,6 @@ from gcnnkit.run.rundir import (
 from gcnnkit.run.selection import Selector
 from gcnnkit.run.signals import SignalGuard, signal_suffix
 from gcnnkit.run.steps import optimiser_step
-from gcnnkit.run.validation import with_validation
 
 
 @dataclass
@@ -316,7 +315,7 @@ def _train(
         model.set_channels_last()
     with distributed.rank_zero_first(ctx):  # a download happens once per file system
         data = load_dataset(config.data, seed=config.seed).to(device)
-    data, val = with_validation(data, config.data.val_split, config.seed, config.data.normalise)
+    val = data.val  # the source's own validation split, or the data.val_split part the loader carved
     selector = Selector.for_config(config.train, has_val=val is not None)
     test_each_epoch = config.eval.test_each_epoch
     if test_each_epoch is None:  # today's per-epoch test curves unless there is a validation set to watch
