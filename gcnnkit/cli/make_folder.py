@@ -32,7 +32,7 @@ def command(out: str, source: str, count: int, size: int | None, layout: bool, s
     \b
     Examples:
       gcnnkit make-folder data/digits-folder
-      gcnnkit make-folder /tmp/tiles --from tiles --count 20000
+      gcnnkit make-folder runs/tiles --from tiles --count 20000
     """
     from gcnnkit.core.errors import GcnnkitError
     from gcnnkit.tools.images import write_digits_folder, write_tiles

@@ -36,7 +36,7 @@ def command(run_dir: str, images: tuple[str, ...], tta: str, out: str | None, de
     \b
     Examples:
       gcnnkit predict runs/folder data/digits-folder/3 --tta rot90
-      gcnnkit predict runs/folder new_images/ --out preds.csv
+      gcnnkit predict runs/folder data/digits-folder --out preds.csv
     """
     from tqdm import tqdm
 
