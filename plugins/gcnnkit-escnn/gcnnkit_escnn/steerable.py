@@ -385,6 +385,20 @@ def _field_offsets(reps) -> list[int]:
     return offsets
 
 
+def _split_fields(gspace, in_reps) -> tuple[list, list[int], list[int]]:
+    """escnn's representation of each field, and the indices of the permutation fields and of the others."""
+    reps = [escnn_representation(gspace, r) for r in in_reps]
+    perm = [i for i, r in enumerate(in_reps) if is_permutation(r)]
+    other = [i for i, r in enumerate(in_reps) if not is_permutation(r)]
+    return reps, perm, other
+
+
+def _channels(reps, fields: list[int]) -> torch.Tensor:
+    """The channel indices ``[Σ sizes]`` of ``fields`` (indices into ``reps``), in order."""
+    offsets = _field_offsets(reps)
+    return torch.tensor([c for i in fields for c in range(offsets[i], offsets[i] + reps[i].size)], dtype=torch.long)
+
+
 # ----------------------------------------------------------------------------- batch norm
 class EscnnFieldBatchNorm(_SteerableLayer, EquivariantLayer):
     """Batch norm per field: escnn's ``InnerBatchNorm`` on the permutation fields (trivial, regular,
@@ -406,21 +420,13 @@ class EscnnFieldBatchNorm(_SteerableLayer, EquivariantLayer):
 
     def _build(self, initialize: bool) -> None:
         gspace = self.gspace
-        reps = [escnn_representation(gspace, r) for r in self.in_reps]
-        offsets = _field_offsets(reps)
-        perm = [i for i, r in enumerate(self.in_reps) if is_permutation(r)]
-        other = [i for i, r in enumerate(self.in_reps) if not is_permutation(r)]
+        reps, perm, other = _split_fields(gspace, self.in_reps)
         self.perm_fields, self.norm_fields = tuple(perm), tuple(other)
-
-        def channels(fields):
-            return torch.tensor(
-                [c for i in fields for c in range(offsets[i], offsets[i] + reps[i].size)], dtype=torch.long
-            )
 
         self.inner = enn.InnerBatchNorm(enn.FieldType(gspace, [reps[i] for i in perm])) if perm else nn.Identity()
         self.norm = enn.NormBatchNorm(enn.FieldType(gspace, [reps[i] for i in other])) if other else nn.Identity()
-        self.register_buffer("perm_channels", channels(perm), persistent=False)
-        self.register_buffer("norm_channels", channels(other), persistent=False)
+        self.register_buffer("perm_channels", _channels(reps, perm), persistent=False)
+        self.register_buffer("norm_channels", _channels(reps, other), persistent=False)
         # norm fields: the field (0..len(other)-1) of each of their channels, and each field's size
         self.register_buffer(
             "norm_index",
@@ -527,20 +533,12 @@ class EscnnInvariantPool(_SteerableLayer, EquivariantLayer):
 
     def _build(self, initialize: bool) -> None:
         gspace = self.gspace
-        reps = [escnn_representation(gspace, r) for r in self.in_reps]
-        offsets = _field_offsets(reps)
-        perm = [i for i, r in enumerate(self.in_reps) if is_permutation(r)]
-        other = [i for i, r in enumerate(self.in_reps) if not is_permutation(r)]
-
-        def channels(fields):
-            return torch.tensor(
-                [c for i in fields for c in range(offsets[i], offsets[i] + reps[i].size)], dtype=torch.long
-            )
+        reps, perm, other = _split_fields(gspace, self.in_reps)
 
         self.pool = enn.GroupPooling(enn.FieldType(gspace, [reps[i] for i in perm])) if perm else nn.Identity()
         self.norm = enn.NormPool(enn.FieldType(gspace, [reps[i] for i in other])) if other else nn.Identity()
-        self.register_buffer("perm_channels", channels(perm), persistent=False)
-        self.register_buffer("norm_channels", channels(other), persistent=False)
+        self.register_buffer("perm_channels", _channels(reps, perm), persistent=False)
+        self.register_buffer("norm_channels", _channels(reps, other), persistent=False)
         self.register_buffer("perm_out", torch.tensor(perm, dtype=torch.long), persistent=False)
         self.register_buffer("norm_out", torch.tensor(other, dtype=torch.long), persistent=False)
         self.fields = len(reps)
