@@ -23,6 +23,7 @@ DEFAULTS = {
         "preset": "gcnn-small",
         "layers": None,
         "widths": "params",
+        "width_multiplier": 1.0,
         "backend_options": {},
         "allow_non_equivariant": False,
     },

@@ -9,7 +9,7 @@ can be checked layer by layer (:mod:`gcnnkit.core.equivariance`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +23,7 @@ from gcnnkit.core.layers import EquivariantConv, EquivariantLayer
 from gcnnkit.core.residual import ResidualBlock, build_projection, residual_activation
 from gcnnkit.core.steerable_layers import gated_output_type, restricted_type
 from gcnnkit.models.grid import conv_output_size, grid_problem, resolve_padding
-from gcnnkit.models.spec import LayerSpec, parse_layers
+from gcnnkit.models.spec import MAX_WIDTH_MULTIPLIER, LayerSpec, parse_layers
 
 #: How ``out`` of ``lift``/``gconv`` layers is read.
 #: ``fields``: the number of fields (each ``|G|`` channels).
@@ -127,11 +127,34 @@ class EquivariantNet(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def field_count(out: int, group: Group, widths: str) -> int:
-    """Number of fields for a ``lift``/``gconv`` ``out`` under the width mode (see :data:`WIDTH_MODES`)."""
-    if widths == "fields":
-        return out
-    return max(1, round(out / math.sqrt(group.order)))
+def field_count(out: int, group: Group, widths: str, multiplier: float = 1.0) -> int:
+    """Number of fields for a ``lift``/``gconv`` ``out`` under the width mode (see :data:`WIDTH_MODES`),
+    times ``multiplier`` (``model.width_multiplier``), rounded, at least 1."""
+    fields = out if widths == "fields" else out / math.sqrt(group.order)
+    return max(1, round(fields * multiplier))
+
+
+def scaled_counts(out: Mapping[str, int], multiplier: float) -> dict[str, int]:
+    """A steerable ``out`` mapping with every field count times ``multiplier`` (rounded, at least 1).
+
+    The layout of a gated nonlinearity's input survives: when the first entry is ``trivial`` with as
+    many fields as all the others together (one gate per gated field), it stays their scaled sum.
+    """
+    if multiplier == 1.0:
+        return dict(out)
+    scaled = {
+        name: max(1, round(count * multiplier)) if isinstance(count, int) else count for name, count in out.items()
+    }
+    names = list(out)
+    rest = [out[name] for name in names[1:]]
+    if (
+        names[0] == "trivial"
+        and len(names) > 1
+        and all(isinstance(c, int) for c in rest)
+        and out["trivial"] == sum(rest)
+    ):
+        scaled["trivial"] = sum(scaled[name] for name in names[1:])
+    return scaled
 
 
 @dataclass
@@ -145,6 +168,7 @@ class _Builder:
     current: FieldType
     size: int | None  # side of the square feature map, when the input size is known
     element_map: tuple[int | None, ...] = ()  # each input-group element's index in ``group`` (restriction)
+    width_multiplier: float = 1.0  # model.width_multiplier: scales every field count
 
 
 #: A layer builder: ``(state, spec, where) → (module, output field type)``; it may update ``state.size``.
@@ -200,8 +224,10 @@ def _conv_out_type(b: _Builder, out: int | str | dict, where: str) -> FieldType:
     type, as always; a mapping ``{representation: count}`` (fields, whatever the width mode) → the
     type of those fields in that order (all regular: a ``group`` type again)."""
     if isinstance(out, dict):
-        return field_type_from_spec(b.group, out, where)
-    return FieldType("group", b.num_classes if out == "classes" else field_count(out, b.group, b.widths))
+        return field_type_from_spec(b.group, scaled_counts(out, b.width_multiplier), where)
+    if out == "classes":
+        return FieldType("group", b.num_classes)
+    return FieldType("group", field_count(out, b.group, b.widths, b.width_multiplier))
 
 
 def _batchnorm(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, FieldType]:
@@ -263,15 +289,26 @@ def _restrict(b: _Builder, spec: LayerSpec, where: str) -> tuple[nn.Module, Fiel
 
 
 def _subgroup_id(group: Group, value, where: str):
-    """``subgroup:`` of ``restrict``: a subgroup's name (``C4``, ``D1``) or its id (``4``, ``[null, 4]``)."""
+    """``subgroup:`` of ``restrict``: a subgroup's name (``C4``, ``D1``), its id (``4``, ``[null, 4]``), or
+    ``rotations`` (the rotations ``C_N`` of ``D_N``)."""
     subgroups = group.subgroups()
     names = {group.subgroup(sid)[0].name: sid for sid in subgroups}
+    if value == "rotations":  # D_N -> C_N, whatever N: lets a preset restrict on every dihedral group
+        cyclic = [name for name in names if name[:1] == "C" and name[1:].isdigit()]
+        largest = max(cyclic, key=lambda name: int(name[1:]), default=None)
+        if largest is None or group.subgroup(names[largest])[0].order == group.order:
+            raise SpecError(
+                f"{where}.subgroup: 'rotations' needs a group with reflections (D_N), "
+                f"but {group.name} has no reflections to drop"
+            )
+        return names[largest]
     if isinstance(value, str) and value in names:
         return names[value]
     sid = tuple(value) if isinstance(value, list) else value
     if sid in subgroups:
         return sid
     allowed = ", ".join(f"{name} ({sid!r})" for name, sid in names.items()) or "none"
+    allowed += ", rotations" if group.name.startswith("D") else ""
     raise SpecError(f"{where}.subgroup: {group.name} has no subgroup {value!r}; allowed: {allowed}")
 
 
@@ -439,6 +476,7 @@ def build_network(
     widths: str = "fields",
     image_size: int | None = None,
     allow_non_equivariant: bool = False,
+    width_multiplier: float = 1.0,
 ) -> EquivariantNet:
     """Build validated layer specs on ``backend`` for ``group``, one :data:`LAYER_BUILDERS` entry per layer.
 
@@ -453,6 +491,8 @@ def build_network(
             (channels × height × width) depends on it, and to check that every stride and pool
             keeps the pixel grid symmetric (:mod:`gcnnkit.models.grid`).
         allow_non_equivariant: build even when a stride or pool samples the grid off its centre.
+        width_multiplier: multiplies every field count of ``lift``/``gconv`` (rounded, at least 1;
+            ``out: classes`` stays one field per class): the same architecture, narrower or wider.
 
     Raises:
         SpecError: layers in an impossible order, or with a kernel, stride or pool that breaks equivariance.
@@ -460,12 +500,17 @@ def build_network(
     """
     if widths not in WIDTH_MODES:
         raise SpecError(f"model.widths: {widths!r} is not allowed; allowed: {', '.join(WIDTH_MODES)}")
+    if not (isinstance(width_multiplier, (int, float)) and 0 < width_multiplier <= MAX_WIDTH_MULTIPLIER):
+        raise SpecError(
+            f"model.width_multiplier: must be a number in (0, {MAX_WIDTH_MULTIPLIER:g}], got {width_multiplier!r}"
+        )
     backend.require(group)
     if image_size is not None and not allow_non_equivariant:
         problem = grid_problem(specs, image_size, group.name, group.order)
         if problem is not None:
             raise SpecError(problem)
     b = _Builder(backend, group, num_classes, widths, FieldType("image", in_channels), image_size)
+    b.width_multiplier = float(width_multiplier)
     b.element_map = tuple(range(group.order))
     layers, in_types, out_types, groups, maps = _build_layers(b, specs)
     if b.current.kind != "vector":
@@ -487,6 +532,7 @@ def build_model(
     widths: str | None = None,
     backend_options: dict | None = None,
     allow_non_equivariant: bool = False,
+    width_multiplier: float = 1.0,
 ) -> EquivariantNet:
     """Build a network by names: the documented entry point for notebooks and the CLI.
 
@@ -494,6 +540,7 @@ def build_model(
     list, see :mod:`gcnnkit.models.spec`) is given. ``widths`` defaults to the preset's mode, or
     ``fields`` for explicit layers. A stride or pool that samples the ``image_size`` grid off its
     centre is refused unless ``allow_non_equivariant`` (see :mod:`gcnnkit.models.grid`).
+    ``width_multiplier`` scales every field count (see :func:`build_network`).
 
     Example::
 
@@ -514,5 +561,13 @@ def build_model(
         widths = widths or "fields"
     backend_obj = get_backend(backend).with_options(**(backend_options or {}))
     return build_network(
-        specs, backend_obj, get_group(group), in_channels, num_classes, widths, image_size, allow_non_equivariant
+        specs,
+        backend_obj,
+        get_group(group),
+        in_channels,
+        num_classes,
+        widths,
+        image_size,
+        allow_non_equivariant,
+        width_multiplier,
     )

@@ -552,3 +552,137 @@ register_preset(
         reference=_CW,
     )
 )
+
+
+# ------------------------------------------------------------------------------------------
+# Weiler & Cesa (2019), MNIST-rot: steerable networks (escnn's E2SFCNN and its variants)
+# ------------------------------------------------------------------------------------------
+_WC = (
+    "Weiler & Cesa, General E(2)-Equivariant Steerable CNNs, NeurIPS 2019, §3 MNIST-rot "
+    "(QUVA-Lab/e2cnn_experiments, experiments/models/exp_e2sfcnn.py)"
+)
+#: the source's six convolutions: (fields, kernel, padding, 2×2 max pool after it)
+_WC_CONVS = (
+    (24, 9, 0, False),
+    (32, 7, 3, True),
+    (36, 7, 3, False),
+    (36, 7, 3, True),
+    (64, 7, 3, False),
+    (96, 5, 0, False),
+)
+#: the source's head: dropout 0.3, two hidden layers of 96 (ELU), the classes
+_WC_HEAD: list[Any] = [
+    {"type": "dropout", "p": 0.3},
+    {"type": "linear", "out": 96},
+    "elu",
+    {"type": "dropout", "p": 0.3},
+    {"type": "linear", "out": 96},
+    "elu",
+    {"type": "dropout", "p": 0.3},
+    {"type": "linear", "out": "classes"},
+]
+
+
+def _e2sfcnn(restrict_after: int | None = None) -> Callable[[int, int], list[Any]]:
+    """E2SFCNN: six convs (9×9, then 7×7 ×4, then 5×5; 24-32-36-36-64-96 regular fields), each followed by
+    batch norm and ReLU, 2×2 max pools after the 2nd and 4th (28 → 20 → 10 → 5 → 1), max over the group
+    and space, the MLP head. ``restrict_after=k``: restrict ``D_N`` to its rotations ``C_N`` after the
+    k-th conv (the source's ``restrict``; ``D16|5C16`` is ``k = 5`` on ``D16``)."""
+
+    def layers(image_size: int, in_channels: int) -> list[Any]:
+        out: list[Any] = []
+        for i, (fields, kernel, padding, pool) in enumerate(_WC_CONVS, start=1):
+            out.append({"type": "lift" if i == 1 else "gconv", "out": fields, "kernel": kernel, "padding": padding})
+            if i == restrict_after:
+                out.append({"type": "restrict", "subgroup": "rotations"})
+            out += ["batchnorm", "relu"]
+            if pool:
+                out.append({"type": "pool", "mode": "max", "kernel": 2})
+        return out + [{"type": "group_pool", "mode": "max"}, {"type": "global_pool", "mode": "max"}, *_WC_HEAD]
+
+    return layers
+
+
+def _e2sfcnn_steerable(fields_of: Callable[[int], dict[str, int]], nonlinearity: list[Any]):
+    """E2SFCNN's layers with other field types: conv ``i`` has ``fields_of(F_i)`` fields (``F_i`` the
+    source's regular field count), then batch norm (norm-based on irrep fields) and ``nonlinearity``;
+    average pools (a max over the components of a rotating vector would not be equivariant); max over
+    permutation fields and the norm of the others, then max over space and the head."""
+
+    def layers(image_size: int, in_channels: int) -> list[Any]:
+        out: list[Any] = []
+        for i, (fields, kernel, padding, pool) in enumerate(_WC_CONVS, start=1):
+            kind = "lift" if i == 1 else "gconv"
+            out += [{"type": kind, "out": fields_of(fields), "kernel": kernel, "padding": padding}, "batchnorm"]
+            out += nonlinearity
+            if pool:
+                out.append({"type": "pool", "mode": "avg", "kernel": 2})
+        return out + [{"type": "group_pool", "mode": "max"}, {"type": "global_pool", "mode": "max"}, *_WC_HEAD]
+
+    return layers
+
+
+def _gated_mix(fields: int) -> dict[str, int]:
+    """Regular, quotient ``D_N/C_2`` and ``irrep(1,1)`` fields of a dihedral group, each with a trivial gate
+    in front (the gated nonlinearity's layout: gates first, as many as gated fields)."""
+    gated = {"regular": round(fields / 2), "quotient(None,2)": round(fields / 4), "irrep(1,1)": round(fields / 2)}
+    return {"trivial": sum(gated.values()), **gated}
+
+
+def _irrep_mix(fields: int) -> dict[str, int]:
+    """Band-limited irreps of a rotation group (``SO2``, or ``C_N`` with N ≥ 8): frequencies 0 to 3."""
+    half = round(fields / 2)
+    return {"trivial": half, "irrep(1)": half, "irrep(2)": half, "irrep(3)": round(fields / 4)}
+
+
+register_preset(
+    Preset(
+        "e2sfcnn",
+        "Weiler & Cesa's MNIST-rot network E2SFCNN: 6 convs 9-7-7-7-7-5 of 24-32-36-36-64-96 regular fields, "
+        "batch norm, ReLU, 2 max pools, max over the group and space, MLP head 96-96 (ELU, dropout 0.3); "
+        "published on C16 / D16 (escnn); scale with model.width_multiplier",
+        _e2sfcnn(),
+        widths="fields",
+        group="C16",
+        image_size=28,
+        reference=_WC,
+    )
+)
+register_preset(
+    Preset(
+        "e2sfcnn-restrict",
+        "e2sfcnn on a dihedral group D_N, restricted to its rotations C_N after the 5th conv: Weiler & Cesa's "
+        "best MNIST-rot model D16|5C16 (0.68% test error); D4|5C4 on the native backend",
+        _e2sfcnn(restrict_after=5),
+        widths="fields",
+        group="D16",
+        image_size=28,
+        reference=_WC,
+    )
+)
+register_preset(
+    Preset(
+        "e2sfcnn-gated",
+        "e2sfcnn's layers on a dihedral group D_N with a mix of regular, quotient D_N/C_2 and irrep(1,1) fields "
+        "(F/2, F/4, F/2 for the source's F regular fields), each with its own trivial gate: batch norm, gated "
+        "nonlinearity, average pools",
+        _e2sfcnn_steerable(_gated_mix, ["gated"]),
+        widths="fields",
+        group="D4",
+        image_size=28,
+        reference=_WC,
+    )
+)
+register_preset(
+    Preset(
+        "e2sfcnn-irreps",
+        "e2sfcnn's layers with band-limited irrep fields (trivial, irrep(1), irrep(2): F/2 each, irrep(3): F/4 "
+        "for the source's F regular fields) and norm-ReLU, average pools, norms as invariants: SO(2) on escnn "
+        "(also C_N, N >= 8)",
+        _e2sfcnn_steerable(_irrep_mix, [{"type": "norm_act", "fn": "relu"}]),
+        widths="fields",
+        group="SO2",
+        image_size=28,
+        reference=_WC,
+    )
+)

@@ -49,6 +49,9 @@ from gcnnkit.core.errors import SpecError
 
 REQUIRED = object()
 
+#: the largest ``model.width_multiplier``: beyond it a typo (100 for 1.00) would build a giant network
+MAX_WIDTH_MULTIPLIER = 16.0
+
 _CONV_PARAMS: dict[str, tuple[tuple[type, ...], Any]] = {
     # an int (regular fields), "classes" (one field per class, whatever the width mode), or an ordered
     # mapping of representation names to field counts, {regular: 8, irrep(1): 4, trivial: 2}

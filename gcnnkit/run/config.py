@@ -34,7 +34,7 @@ import yaml
 
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.models.presets import get_preset
-from gcnnkit.models.spec import parse_layers
+from gcnnkit.models.spec import MAX_WIDTH_MULTIPLIER, parse_layers
 from gcnnkit.run.data import (
     AUGMENTATIONS,
     IN_MEMORY_CHOICES,
@@ -91,6 +91,8 @@ class ModelConfig:
     preset: str | None = option("gcnn-small", "str", nullable=True)
     layers: list | None = option(None, "list", nullable=True)
     widths: str | None = option(None, "str", choices=WIDTHS, nullable=True)
+    #: multiplies every field count of lift/gconv: the same architecture, narrower or wider
+    width_multiplier: float = option(1.0, "float", gt=0, le=MAX_WIDTH_MULTIPLIER)
     backend_options: dict = option({}, "mapping")
     #: build even when a stride or pool samples the pixel grid off its centre (gcnnkit.models.grid)
     allow_non_equivariant: bool = option(False, "bool")

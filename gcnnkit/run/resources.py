@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from gcnnkit.core.errors import ConfigError
 from gcnnkit.core.limits import CHECK_SECONDS_ENV, MEMORY_ENV, max_check_seconds, max_memory_gb
 from gcnnkit.models.grid import Window, map_sizes
-from gcnnkit.models.network import field_count
+from gcnnkit.models.network import field_count, scaled_counts
 from gcnnkit.models.presets import get_preset
 from gcnnkit.models.spec import LayerSpec, parse_layers
 from gcnnkit.run.config import Config
@@ -76,7 +76,13 @@ def model_specs(preset: str | None, layers: list | None, image_size: int, in_cha
 
 
 def estimate(
-    specs: list[LayerSpec], group_order: int, in_channels: int, image_size: int, num_classes: int, widths: str
+    specs: list[LayerSpec],
+    group_order: int,
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    widths: str,
+    width_multiplier: float = 1.0,
 ) -> Estimate:
     """Walk ``specs`` from a ``[in_channels, image_size, image_size]`` image (see the module docstring)."""
     group = SimpleNamespace(order=group_order)  # all field_count needs
@@ -96,9 +102,9 @@ def estimate(
                 if out == "classes":
                     out_fields = num_classes
                 elif isinstance(out, Mapping):  # {representation: fields}: each field has at most |G| values
-                    out_fields = sum(v for v in out.values() if isinstance(v, int))
+                    out_fields = sum(scaled_counts(out, width_multiplier).values())
                 else:
-                    out_fields = field_count(out, group, widths)
+                    out_fields = field_count(out, group, widths, width_multiplier)
                 k2 = p["kernel"] ** 2
                 in_values = fields if kind == "image" else fields * group_order
                 bank = out_fields * group_order * in_values * k2
@@ -168,7 +174,15 @@ def config_estimate(config: Config, info: DatasetInfo, group_order: int) -> Esti
     """:func:`estimate` for ``config.model`` on ``info``'s images."""
     m = config.model
     specs = model_specs(m.preset, m.layers, info.image_size, info.in_channels)
-    return estimate(specs, group_order, info.in_channels, info.image_size, info.num_classes, m.widths or "fields")
+    return estimate(
+        specs,
+        group_order,
+        info.in_channels,
+        info.image_size,
+        info.num_classes,
+        m.widths or "fields",
+        m.width_multiplier,
+    )
 
 
 #: what :func:`check_model_resources` judges: training on ``train.batch_size`` images, inference on

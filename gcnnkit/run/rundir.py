@@ -129,6 +129,7 @@ def build_model_from_config(
         widths=m.widths,
         backend_options=backend_options,
         allow_non_equivariant=m.allow_non_equivariant,
+        width_multiplier=m.width_multiplier,
     )
     _probe(model, info)
     return model

@@ -137,6 +137,8 @@ class BenchCase:
     backend_options: dict[str, dict] = field(default_factory=dict)
     #: a config's ``model.allow_non_equivariant``: build off-centre strides and pools too
     allow_non_equivariant: bool = False
+    #: a config's ``model.width_multiplier``
+    width_multiplier: float = 1.0
 
     def build(self, backend: str, image_size: int) -> EquivariantNet:
         return build_model(
@@ -150,6 +152,7 @@ class BenchCase:
             widths=self.widths,
             backend_options=self.backend_options.get(backend),
             allow_non_equivariant=self.allow_non_equivariant,
+            width_multiplier=self.width_multiplier,
         )
 
 
@@ -205,6 +208,7 @@ def config_cases(paths: Sequence[str], overrides: Sequence[str] = (), backends: 
                 image_size=info.image_size,
                 backend_options={m.backend: dict(m.backend_options)},
                 allow_non_equivariant=m.allow_non_equivariant,
+                width_multiplier=m.width_multiplier,
             )
         )
     return cases
@@ -440,7 +444,9 @@ def _require_memory(case: BenchCase, size: int, st: _Settings) -> None:
     """Refuse a case whose training step on the largest batch would not fit (:mod:`gcnnkit.run.resources`)."""
     specs = model_specs(case.preset, case.layers, size, case.in_channels)
     widths = case.widths or (get_preset(case.preset).widths if case.preset else "fields")
-    est = estimate(specs, get_group(case.group).order, case.in_channels, size, case.num_classes, widths)
+    est = estimate(
+        specs, get_group(case.group).order, case.in_channels, size, case.num_classes, widths, case.width_multiplier
+    )
     check_memory(est, batch=max(st.batch_sizes), training=True, what=f"{case.name} at {size}×{size}")
 
 
