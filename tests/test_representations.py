@@ -358,6 +358,15 @@ def test_cli_reps_lists_names_kinds_and_sizes():
         ("irrep_1", 2),
     ]
     assert_user_error(CliRunner().invoke(main, ["reps", "Q9"]), "unknown group 'Q9'")
+    assert data["continuous"] is False
+
+
+def test_cli_reps_says_a_continuous_group_is_continuous():
+    result = CliRunner().invoke(main, ["reps", "SO2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "SO2: continuous, band-limited irreps; checks act with 16 sampled elements"
+    data = json.loads(CliRunner().invoke(main, ["reps", "SO2", "--json"]).output)
+    assert data["continuous"] is True and [r["spec"] for r in data["representations"]][:2] == ["trivial", "irrep(1)"]
 
 
 @pytest.mark.parametrize("name", [*NATIVE_GROUPS, "C8", "D8"])

@@ -45,9 +45,12 @@ def command(group: str, as_json: bool) -> None:
         for r in reps
     ]
     if as_json:
-        click.echo(to_json({"group": g.name, "order": g.order, "representations": rows}))
+        click.echo(to_json({"group": g.name, "order": g.order, "continuous": g.continuous, "representations": rows}))
         return
-    click.echo(f"{g.name}: {g.order} elements")
+    if g.continuous:  # its order is the number of rotations that stand for it in checks, not its size
+        click.echo(f"{g.name}: continuous, band-limited irreps; checks act with {g.order} sampled elements")
+    else:
+        click.echo(f"{g.name}: {g.order} elements")
     table = [("name", "spec", "kind", "size", "permutation")]
     table += [(r["name"], r["spec"], r["kind"], r["size"], "yes" if r["permutation"] else "no") for r in rows]
     for line in format_table(table, align="<<<><"):
