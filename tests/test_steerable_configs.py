@@ -88,6 +88,10 @@ def test_d4_steerable_transfers_exactly_layer_by_layer(d4_compare):
         assert field in types
     convs = [layer for layer in report["layers"] if "conv" in layer["name"] or "lift" in layer["name"]]
     assert all(c["backends"]["native"]["params"] == c["backends"]["escnn"]["params"] for c in convs)
+    # every layer, batch norm included (no unused shift on the irrep fields): 2,826 parameters on both
+    assert all(
+        layer["backends"]["native"]["params"] == layer["backends"]["escnn"]["params"] for layer in report["layers"]
+    )
 
 
 @pytest.mark.slow

@@ -69,6 +69,9 @@ def test_batch_norm_is_equivariant_in_train_and_eval_mode(case):
     assert equivariance_errors(bn, group, ft, ft, x).max_error <= TOL[dtype]  # batch statistics
     bn.eval()
     assert equivariance_errors(bn, group, ft, ft, x).max_error <= TOL[dtype]  # running statistics
+    reps = ft.field_reps(group)
+    assert bn.weight.numel() == len(reps)  # a scale per field, a shift per permutation field only
+    assert bn.bias.numel() == sum(r.is_permutation for r in reps)
 
 
 @settings(max_examples=20, deadline=None)

@@ -140,7 +140,11 @@ class GatedNonlinearity(EquivariantLayer):
 
 
 class SteerableBatchNorm(nn.Module):
-    """Batch norm per field (class docstring of the module): ``[B, D, H, W]`` → same."""
+    """Batch norm per field (class docstring of the module): ``[B, D, H, W]`` → same.
+
+    ``weight`` ``[fields]`` scales every field; ``bias`` ``[permutation fields]`` shifts the permutation
+    fields only (a shift of a rotating field would break equivariance, so the others have none).
+    """
 
     def __init__(self, group: Group, in_type: FieldType, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
@@ -149,8 +153,9 @@ class SteerableBatchNorm(nn.Module):
         self.register_buffer("index", _field_index(reps), persistent=False)
         self.register_buffer("sizes", torch.tensor([r.size for r in reps], dtype=torch.float32), persistent=False)
         self.register_buffer("centred", torch.tensor([r.is_permutation for r in reps]), persistent=False)
+        self.register_buffer("shifted", self.centred.nonzero().flatten(), persistent=False)  # fields with a bias
         self.weight = nn.Parameter(torch.ones(len(reps)))
-        self.bias = nn.Parameter(torch.zeros(len(reps)))  # used on permutation fields only
+        self.bias = nn.Parameter(torch.zeros(len(self.shifted)))
         self.register_buffer("running_mean", torch.zeros(len(reps)))
         self.register_buffer("running_var", torch.ones(len(reps)))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
@@ -174,7 +179,8 @@ class SteerableBatchNorm(nn.Module):
         else:
             mean, var = self.running_mean.to(flat.dtype), self.running_var.to(flat.dtype)
         scale = self.weight.to(flat.dtype) / (var + self.eps).sqrt()
-        shift = torch.where(self.centred, self.bias.to(flat.dtype) - mean * scale, torch.zeros_like(scale))
+        bias = scale.new_zeros(self.fields).index_copy(0, self.shifted, self.bias.to(flat.dtype))
+        shift = torch.where(self.centred, bias - mean * scale, torch.zeros_like(scale))
         out = flat * scale.index_select(0, self.index)[:, None, None] + shift.index_select(0, self.index)[:, None, None]
         return out.reshape(x.shape)
 

@@ -581,11 +581,12 @@ def _fields_by_size(sizes: Sequence[int]) -> dict[int, list[int]]:
 
 @torch.no_grad()
 def field_batch_norm_state(layer: EscnnFieldBatchNorm) -> dict[str, torch.Tensor]:
-    """Transfer format of :class:`EscnnFieldBatchNorm`: ``weight``, ``bias``, ``running_mean``,
-    ``running_var`` ``[fields]`` in field order and ``num_batches_tracked``. A non-permutation field has
-    no bias and no mean (0); its ``running_var`` is the mean of ``|x|²/size`` (escnn's ``NormBatchNorm``)."""
+    """Transfer format of :class:`EscnnFieldBatchNorm` (the state of the core's ``SteerableBatchNorm``):
+    ``weight``, ``running_mean``, ``running_var`` ``[fields]`` in field order, ``bias`` ``[permutation
+    fields]`` in field order, and ``num_batches_tracked``. A non-permutation field has no bias and no mean
+    (0); its ``running_var`` is the mean of ``|x|²/size`` (escnn's ``NormBatchNorm``)."""
     n = len(layer.in_reps)
-    state = {k: torch.zeros(n) for k in ("bias", "running_mean")}
+    state = {"running_mean": torch.zeros(n), "bias": torch.zeros(n)}
     state.update({k: torch.ones(n) for k in ("weight", "running_var")})
     state["num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     sizes = [escnn_representation(layer.gspace, r).size for r in layer.in_reps]
@@ -606,20 +607,21 @@ def field_batch_norm_state(layer: EscnnFieldBatchNorm) -> dict[str, torch.Tensor
             if weight is not None:
                 state["weight"][idx] = weight.detach().reshape(-1).float()
         state["num_batches_tracked"] = layer.norm.num_batches_tracked.clone()
+    state["bias"] = state["bias"][list(layer.perm_fields)]
     return state
 
 
 @torch.no_grad()
 def load_field_batch_norm_state(layer: EscnnFieldBatchNorm, state) -> None:
-    """Inverse of :func:`field_batch_norm_state` (a non-permutation field's bias and mean are ignored)."""
+    """Inverse of :func:`field_batch_norm_state` (a non-permutation field's mean is ignored)."""
     sizes = [escnn_representation(layer.gspace, r).size for r in layer.in_reps]
     if layer.perm_fields:
         for s, fields in _fields_by_size([sizes[i] for i in layer.perm_fields]).items():
             bn = getattr(layer.inner, f"batch_norm_[{s}]")
             idx = torch.tensor([layer.perm_fields[i] for i in fields])
             for key in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(bn, key) is not None and key in state:
-                    getattr(bn, key).copy_(state[key][idx])
+                if getattr(bn, key) is not None and key in state:  # bias: one per permutation field
+                    getattr(bn, key).copy_(state[key][torch.tensor(fields) if key == "bias" else idx])
             if "num_batches_tracked" in state:
                 bn.num_batches_tracked.copy_(state["num_batches_tracked"])
     if layer.norm_fields:
