@@ -73,7 +73,7 @@ def test_e2sfcnn_has_the_sources_layers():
         ("e2sfcnn", "C1", 446_482),
         ("e2sfcnn-restrict", "D4", 3_415_042),
         ("e2sfcnn", "D4", 3_415_042),
-        ("e2sfcnn-gated", "D4", 2_332_117),
+        ("e2sfcnn-gated", "D4", 2_331_973),
     ],
 )
 def test_native_parameter_counts(name, group, params):
