@@ -509,8 +509,15 @@ def build_network(
         problem = grid_problem(specs, image_size, group.name, group.order)
         if problem is not None:
             raise SpecError(problem)
-    b = _Builder(backend, group, num_classes, widths, FieldType("image", in_channels), image_size)
-    b.width_multiplier = float(width_multiplier)
+    b = _Builder(
+        backend,
+        group,
+        num_classes,
+        widths,
+        FieldType("image", in_channels),
+        image_size,
+        width_multiplier=width_multiplier,
+    )
     b.element_map = tuple(range(group.order))
     layers, in_types, out_types, groups, maps = _build_layers(b, specs)
     if b.current.kind != "vector":
