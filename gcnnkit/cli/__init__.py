@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "export": "gcnnkit.cli.export",
     "compare": "gcnnkit.cli.compare",
     "predict": "gcnnkit.cli.predict",
+    "summarize": "gcnnkit.cli.summarize",
     "make-folder": "gcnnkit.cli.make_folder",
 }
 
@@ -36,6 +37,7 @@ def main() -> None:
       gcnnkit check configs/digits_c4.yaml                 # is the network equivariant?
       gcnnkit train configs/digits_c4.yaml --out runs/c4   # train and test (upright, rotated, rot90)
       gcnnkit eval runs/c4                                 # re-evaluate the run
+      gcnnkit summarize runs/c4-s0 runs/c4-s1 runs/c4-s2   # mean ± std over seeds
       gcnnkit plugins                                      # installed backends and groups
       gcnnkit reps D4                                      # representations a group offers
 
