@@ -9,16 +9,15 @@ from gcnnkit.cli._common import to_json
 from gcnnkit.tools.table import format_table
 
 
-def _cell(values: list[float], error: bool, per_run: bool) -> str:
-    import statistics
-
-    shown = [100 * (1 - v) if error else 100 * v for v in values]
-    text = f"{statistics.fmean(shown):.2f}"
-    if len(shown) > 1:
-        text += f" ± {statistics.stdev(shown):.2f}"
+def _cell(group, protocol: str, error: bool, per_run: bool) -> str:
+    """``mean ± std%`` of ``group`` under ``protocol`` in percent (of error: 100 − accuracy)."""
+    mean = 100 * (1 - group.mean(protocol) if error else group.mean(protocol))
+    text = f"{mean:.2f}"
+    if len(group.run_dirs) > 1:
+        text += f" ± {100 * group.std(protocol):.2f}"
     text += "%"
-    if per_run and len(shown) > 1:
-        text += " (" + " / ".join(f"{v:.2f}" for v in shown) + ")"
+    if per_run and len(group.run_dirs) > 1:
+        text += " (" + " / ".join(f"{100 * (1 - v if error else v):.2f}" for v in group.accuracy[protocol]) + ")"
     return text
 
 
@@ -55,7 +54,7 @@ def command(run_dirs: tuple[str, ...], error: bool, per_run: bool, as_json: bool
                 f"{g.params:,}",
                 "/".join(map(str, sorted(set(g.epochs)))),
                 "/".join(sorted(set(g.precision))),
-                *(_cell(g.accuracy[p], error, per_run) if p in g.accuracy else "-" for p in protocols),
+                *(_cell(g, p, error, per_run) if p in g.accuracy else "-" for p in protocols),
             )
         )
     click.echo(f"test {'error' if error else 'accuracy'}: mean ± sample std over the seeds of each group")
