@@ -123,11 +123,6 @@ def read_finished_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, An
     return summary, _flatten(config)
 
 
-def _grouping_key(flat: dict[str, Any]) -> str:
-    kept = {k: v for k, v in flat.items() if k not in BOOKKEEPING}
-    return json.dumps(kept, sort_keys=True, default=str)
-
-
 def _labels(groups: list[SeedGroup]) -> None:
     """``preset (group, backend)``, plus the config values that tell two groups of it apart."""
     for group in groups:
@@ -139,7 +134,7 @@ def _labels(groups: list[SeedGroup]) -> None:
     for same in by_label.values():
         if len(same) < 2:
             continue
-        keys = sorted({k for g in same for k in g.config if k not in BOOKKEEPING})
+        keys = sorted({k for g in same for k in g.config})
         differing = [k for k in keys if len({json.dumps(g.config.get(k), default=str) for g in same}) > 1]
         for group in same:
             parts = [f"{k}={group.config.get(k)}" for k in differing]
@@ -159,10 +154,11 @@ def summarize_runs(run_dirs: list[str | Path]) -> list[SeedGroup]:
             raise GcnnkitError(f"{run_dir}: given twice; each run counts once")
         seen.add(resolved)
         summary, flat = read_finished_run(run_dir)
-        key = _grouping_key(flat)
+        kept = {k: v for k, v in flat.items() if k not in BOOKKEEPING}
+        key = json.dumps(kept, sort_keys=True, default=str)
         group = groups.get(key)
         if group is None:
-            group = groups[key] = SeedGroup(label="", config={k: v for k, v in flat.items() if k not in BOOKKEEPING})
+            group = groups[key] = SeedGroup(label="", config=kept)
             group.params = int(summary.get("params", 0))
         group.run_dirs.append(str(run_dir))
         group.seeds.append(int(flat.get("seed", summary.get("seed", 0))))
@@ -177,8 +173,8 @@ def summarize_runs(run_dirs: list[str | Path]) -> list[SeedGroup]:
         counts = {p: len(v) for p, v in group.accuracy.items()}
         if any(n != len(group.run_dirs) for n in counts.values()):  # same config, so same protocols: a hand-edited file
             raise GcnnkitError(
-                f"runs {', '.join(group.run_dirs)} share a config but not their protocols ({counts}); "
-                "re-evaluate them with gcnnkit eval"
+                f"runs {', '.join(group.run_dirs)} share a config but their {SUMMARY_FILE} files name different "
+                f"protocols ({counts}); was one edited by hand?"
             )
     _labels(result)
     return result
